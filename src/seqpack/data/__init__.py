@@ -1,0 +1,1 @@
+"""Data: the bundled corpus, input readers, offline and online packing, rank balancing."""
