@@ -7,7 +7,7 @@ Notable:
   same, as when documents are trained one per row with a per-row mean.
 - ``"sum"`` returns ``(sum, count)`` (both tensors, no host sync) so gradient
   accumulation can divide by the token count of the whole optimiser step.
-- Logits are upcast to float32 for the softmax: bf16 log-softmax over 50K classes loses
+- Half-precision logits are upcast to float32 for the softmax: bf16 log-softmax over 50K classes loses
   about two digits.
 """
 
@@ -51,7 +51,9 @@ def packed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, boundaries:
         targets[..., :-1] = labels[..., 1:]
     else:
         targets = labels
-    flat_logits = logits.reshape(-1, V).float()
+    flat_logits = logits.reshape(-1, V)
+    if flat_logits.dtype in (torch.float16, torch.bfloat16):
+        flat_logits = flat_logits.float()
     flat_targets = targets.reshape(-1)
     per_tok = F.cross_entropy(flat_logits, flat_targets, ignore_index=ignore_index, reduction="none")
     valid = flat_targets != ignore_index

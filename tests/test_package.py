@@ -1,0 +1,31 @@
+"""The package stays light to import, and the CLI dispatches."""
+
+import subprocess
+import sys
+
+import numpy as np
+
+from seqpack import cli
+from seqpack.demo import padded_fill
+
+
+def test_import_is_light():
+    code = ("import sys, seqpack; seqpack.DocBoundaries; seqpack.PackedBatch; seqpack.plan_packing; "
+            "seqpack.packed_cross_entropy; "
+            "print(','.join(m for m in ('transformers', 'datasets', 'matplotlib', 'numba', 'pyarrow') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_cli_help_lists_commands(capsys):
+    assert cli.main([]) == 2
+    text = capsys.readouterr().out
+    for name in cli.COMMANDS:
+        assert name in text
+
+
+def test_padded_fill_counts_padding_to_longest_in_batch():
+    rows, fill = padded_fill(np.array([1, 3, 2, 2, 5]), batch_size=2)
+    # batches [1,3] -> 2x3, [2,2] -> 2x2, [5] -> 1x5: 13 tokens in 6 + 4 + 5 slots
+    assert rows == 5 and np.isclose(fill, 13 / 15)
