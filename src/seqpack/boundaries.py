@@ -26,6 +26,7 @@ Notable:
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np

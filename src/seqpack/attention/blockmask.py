@@ -1,0 +1,152 @@
+"""A flex-attention BlockMask built directly from ``cu_seqlens`` in O(number of blocks).
+
+Notable:
+- ``create_block_mask`` evaluates the mask on every (q, kv) block pair: O(L^2 / BS^2)
+  mask calls, 0.9-14 ms per 32K-token batch on an H100 (REFERENCE.md section 3). Here the
+  block structure is computed from the documents' offsets instead. Documents are
+  contiguous, so the key blocks a query block needs form one contiguous range, and the
+  blocks it may skip the mask on ("full" blocks) form a contiguous sub-range of it; the
+  partial blocks are at most two runs on either side. Each is a handful of integer ops
+  on ``[B, num_blocks]`` tensors, then one ``[B, num_blocks, width]`` index expansion.
+- ``width`` (the kv_indices' last dim) is bounded by ``max_seqlen``, not by the row
+  length: a query block cannot reach further than its longest document. It ignores the
+  window and causality, and the mask_mod takes its reach as tensors, so every
+  (causal, window) variant has the same shapes and shares one compiled flex kernel.
+- The transposed tables (which query blocks read a key block: flex's backward) come from
+  the same function with the offset range mirrored, so no ``_transpose_ordered`` sort.
+- Everything is static-shaped tensor code with no host sync and no Python loop over
+  blocks or documents, so it traces under ``torch.compile``; on CUDA it is compiled on
+  its own into a few fused kernels when called outside a compiled region.
+- Full-block tests are sufficient conditions: a block they miss is marked partial and
+  gets the exact document mask_mod, which costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seqpack.attention.base import left_right_reach
+from seqpack.boundaries import DocBoundaries
+
+__all__ = ["build_block_mask", "doc_mask_mod"]
+
+# ----------------------------------------------------------------------------------------
+# pure helpers on [B, nb] int64 tensors
+
+
+def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
+    return -torch.div(-a, b, rounding_mode="floor")
+
+
+def _floor_div(a: torch.Tensor, b: int) -> torch.Tensor:
+    return torch.div(a, b, rounding_mode="floor")
+
+
+def _block_tables(f, l, seg_f, seg_l, dlo: int, dhi: int, nb: int, bs: int, width: int):
+    """Partial and full column blocks of each row block.
+
+    ``f``/``l``: first/last token of each row block, row-relative, ``[B, nb]``.
+    ``seg_f``/``seg_l``: ``(start, end)`` of the segment holding f / l, row-relative.
+    A row token r may see a column token c of its own segment when dlo <= c - r <= dhi.
+    Returns int32 ``(num, idx, full_num, full_idx)`` shaped ``[B, 1, nb]`` / ``[B, 1, nb, width]``.
+    """
+    (sf, _), (sl, el) = seg_f, seg_l
+    # Columns reachable by some row of the block: one contiguous run (every row sees itself).
+    cmin = torch.maximum(sf, f + dlo)
+    cmax = torch.minimum(el - 1, l + dhi)
+    lo, hi = _floor_div(cmin, bs), _floor_div(cmax, bs)
+    # Full blocks: all rows and all columns in one segment and every offset allowed.
+    jmin = torch.maximum(_ceil_div(sl, bs), _ceil_div(l + dlo, bs)).clamp_min(lo)
+    jmax = torch.minimum(_floor_div(el, bs) - 1, _floor_div(f + dhi - bs + 1, bs)).clamp_max(hi)
+    has_full = (sl <= f) & (jmin <= jmax)
+    jmin = torch.where(has_full, jmin, hi + 1)
+    jmax = torch.where(has_full, jmax, hi)
+    # Partial = [lo, jmin) and (jmax, hi].
+    n_left = jmin - lo
+    num = n_left + (hi - jmax)
+    full_num = jmax - jmin + 1
+    p = torch.arange(width, device=f.device, dtype=torch.int64)
+    idx = torch.where(p < n_left[..., None], lo[..., None] + p, jmax[..., None] + 1 + p - n_left[..., None])
+    full_idx = jmin[..., None] + p
+    as_out = lambda t: t.clamp(0, nb - 1).to(torch.int32).unsqueeze(1).contiguous()  # noqa: E731
+    count = lambda t: t.to(torch.int32).unsqueeze(1).contiguous()  # noqa: E731
+    return count(num), as_out(idx), count(full_num), as_out(full_idx)
+
+
+def _block_mask_tensors(cu_seqlens: torch.Tensor, B: int, N: int, bs: int, causal: bool,
+                        window: int | None, max_seqlen: int):
+    """All tensors of the document BlockMask (see module docstring). Static shapes."""
+    device = cu_seqlens.device
+    cu = cu_seqlens.to(torch.int64)
+    nb = -(-N // bs)
+    left, right = left_right_reach(causal, window, max_seqlen)
+    # Width from max_seqlen alone (not causal/window), so every variant has the same shapes.
+    span = bs + 2 * max(max_seqlen - 1, 0)  # tokens a block can touch, incl. its own
+    width = min(nb, -(-(span - 1) // bs) + 1)
+
+    row_off = (torch.arange(B, device=device, dtype=torch.int64) * N)[:, None]  # [B, 1]
+    f = torch.arange(nb, device=device, dtype=torch.int64)[None, :] * bs       # [1, nb]
+    l = torch.clamp(f + bs, max=N) - 1
+    f, l = f.expand(B, nb), l.expand(B, nb)
+    ends = cu[1:].contiguous()
+
+    def seg_of(t):  # (start, end) of the segment holding row-relative token t
+        s = torch.searchsorted(ends, t + row_off, right=True)
+        return cu[s] - row_off, cu[s + 1] - row_off
+
+    seg_f, seg_l = seg_of(f), seg_of(l)
+    kv = _block_tables(f, l, seg_f, seg_l, -left, right, nb, bs, width)
+    # Transposed: row axis = keys, columns = queries; q - k in [-right, left].
+    q = _block_tables(f, l, seg_f, seg_l, -right, left, nb, bs, width)
+    docs = torch.searchsorted(ends, torch.arange(B * N, device=device, dtype=torch.int64), right=True)
+    reach = torch.tensor([left, right], device=device, dtype=torch.int32)
+    return kv, q, docs.to(torch.int32).view(B, N), reach
+
+
+def doc_mask_mod(docs: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
+    """mask_mod for the partial blocks: same segment and ``-left <= kv - q <= right``.
+
+    ``docs``: ``[B, N]`` segment ids; ``left``/``right``: 0-dim int tensors, not Python ints,
+    so causal, bidirectional and every window share one compiled flex kernel.
+    """
+    def mask_mod(b, h, q_idx, kv_idx):
+        d = kv_idx - q_idx
+        return (docs[b, q_idx] == docs[b, kv_idx]) & (d <= right) & (d >= -left)
+    return mask_mod
+
+
+_compiled_tensors = None
+
+
+def _tensors_fn(device: torch.device):
+    """The tensor builder, compiled on CUDA when we are not already inside torch.compile."""
+    global _compiled_tensors
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return _block_mask_tensors
+    if _compiled_tensors is None:
+        _compiled_tensors = torch.compile(_block_mask_tensors, dynamic=None)
+    return _compiled_tensors
+
+
+def build_block_mask(boundaries: DocBoundaries, *, causal: bool = True, window: int | None = None,
+                     block_size: int = 128, compiled: bool | None = None):
+    """Flex ``BlockMask`` for block-diagonal attention over ``boundaries``.
+
+    Rows ``(B, L)`` give a mask with batch dim B over sequences of L; a 1D buffer ``(T,)``
+    gives batch dim 1 over T. ``window`` as in `varlen_attention`. O(number of blocks),
+    no host sync. ``compiled=None`` compiles the builder on CUDA outside torch.compile.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 token; got {window}")
+    B, N = (boundaries.shape if boundaries.layout == "rows" else (1, boundaries.shape[0]))
+    fn = _tensors_fn(boundaries.device) if compiled is None else (
+        torch.compile(_block_mask_tensors, dynamic=None) if compiled else _block_mask_tensors)
+    (kv_num, kv_idx, fkv_num, fkv_idx), (q_num, q_idx, fq_num, fq_idx), docs, reach = fn(
+        boundaries.cu_seqlens, B, N, block_size, causal, window, boundaries.max_seqlen)
+    return BlockMask(
+        seq_lengths=(N, N), kv_num_blocks=kv_num, kv_indices=kv_idx,
+        full_kv_num_blocks=fkv_num, full_kv_indices=fkv_idx,
+        q_num_blocks=q_num, q_indices=q_idx, full_q_num_blocks=fq_num, full_q_indices=fq_idx,
+        BLOCK_SIZE=(block_size, block_size), mask_mod=doc_mask_mod(docs, reach[0], reach[1]))
