@@ -274,7 +274,7 @@ class DocBoundaries:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)  # not np.prod: torch.compile traces numpy and would break the graph
 
     @property
     def num_segments(self) -> int:
