@@ -1,0 +1,251 @@
+"""A ``data_collator`` for ``transformers.Trainer`` and TRL's ``SFTTrainer`` that packs.
+
+``DataCollatorForPacking(max_length=4096)`` turns a list of tokenized examples into rows of
+at most ``max_length`` tokens holding several documents each (best-fit decreasing over
+the batch, `seqpack.plan_packing`), or takes rows someone already packed, and returns the
+dict a Hugging Face causal LM takes.
+
+Notable:
+- One output works on every attention implementation, with or without
+  `seqpack.hf.enable_packing`: ``position_ids`` restarting per document (sdpa, eager and
+  flex build the block-diagonal mask from them), ``cu_seq_lens_q/k`` + ``max_length_q/k``
+  over the flattened ``(B * L)`` rows (FlashAttention varlen, ``"seqpack"``) and
+  ``use_cache=False`` (with a cache transformers skips the document mask). No
+  ``attention_mask``: FlashAttention would unpad by it and ignore the documents.
+  ``format="attention_mask"`` returns LLaMA-Factory's integer-labelled mask instead
+  (needs `enable_packing` or `configure_packing`).
+- Labels: aligned with inputs (the model shifts them), -100 on each document's first
+  token, on padding and wherever the example said so (``labels`` = -100,
+  ``completion_mask``/``assistant_masks`` = 0). So ``labels != -100`` counts exactly the
+  predicted tokens and ``transformers.Trainer``'s ``num_items_in_batch`` is right under
+  gradient accumulation on every 5.x version.
+- Pre-packed rows are recognised by ``seq_lengths`` (TRL's ``pack_dataset``), by
+  ``position_ids`` that restart, or by an integer-labelled ``attention_mask``
+  (LLaMA-Factory); they stay one row each.
+- Rows are as long as the longest row (rounded up to ``pad_to_multiple_of``), or exactly
+  ``max_length`` with ``fixed_length=True`` (static shapes for ``torch.compile``; add
+  ``max_num_docs`` to pad ``cu_seq_lens`` to a fixed size too).
+- Imports torch and seqpack's core only; transformers is not needed to build batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from seqpack.batch import IGNORE_INDEX, PackedBatch, collate_packed
+
+__all__ = ["DataCollatorForPacking", "packed_model_inputs", "FORMATS"]
+
+FORMATS = ("flash", "position_ids", "attention_mask")
+
+
+def packed_model_inputs(batch: PackedBatch, *, format: str = "flash") -> dict[str, Any]:
+    """The keyword arguments a Hugging Face causal LM takes for a `PackedBatch`.
+
+    ``format``: ``"flash"`` (position_ids + cu_seq_lens_q/k + max_length_q/k; every
+    attention implementation), ``"position_ids"`` (mask-built implementations only:
+    eager, sdpa, flex) or ``"attention_mask"`` (LLaMA-Factory's integer-labelled mask;
+    needs `seqpack.hf.enable_packing`). A 1D batch becomes one row ``(1, T)``.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}; got {format!r}")
+    b = batch.boundaries
+    as_row = (lambda t: t.reshape(1, -1)) if b.layout == "1d" else (lambda t: t)
+    out = {"input_ids": as_row(batch.input_ids), "labels": as_row(batch.labels),
+           "position_ids": as_row(batch.position_ids), "use_cache": False}
+    if format == "flash":
+        out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = b.cu_seqlens
+        out["max_length_q"] = out["max_length_k"] = b.max_seqlen
+    elif format == "attention_mask":
+        out["attention_mask"] = as_row(b.attention_mask())
+    return out
+
+
+class _Bins(NamedTuple):
+    """The part of a `PackPlan` that `collate_packed` reads: pieces grouped by bin (row)."""
+
+    doc: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+    bin_offsets: np.ndarray
+    num_bins: int
+    capacity: int
+
+
+def _offsets(counts) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def _as_list(x) -> list:
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return list(x)
+
+
+def _labels_of(example: Mapping) -> np.ndarray:
+    """Per-token labels aligned with input_ids: given labels, else the tokens; masks fold in as -100."""
+    ids = np.asarray(_as_list(example["input_ids"]), dtype=np.int64)
+    labels = np.asarray(_as_list(example["labels"]), dtype=np.int64) if example.get("labels") is not None else ids.copy()
+    if labels.shape != ids.shape:
+        raise ValueError(f"labels have {labels.size} tokens but input_ids {ids.size}")
+    for key in ("completion_mask", "assistant_masks"):
+        if example.get(key) is not None:
+            keep = np.asarray(_as_list(example[key]), dtype=bool)
+            if keep.shape != ids.shape:
+                raise ValueError(f"{key} has {keep.size} entries but input_ids {ids.size}")
+            labels = np.where(keep, labels, IGNORE_INDEX)
+    return labels
+
+
+def _docs_in_row(example: Mapping) -> list[int] | None:
+    """Document lengths of a pre-packed row, or None for a plain example (one document)."""
+    n = len(example["input_ids"])
+    if example.get("seq_lengths") is not None:
+        lens = [int(x) for x in _as_list(example["seq_lengths"])]
+        if sum(lens) != n:
+            raise ValueError(f"seq_lengths sum to {sum(lens)} but the row has {n} tokens")
+        return lens
+    mask = example.get("attention_mask")
+    if mask is not None:
+        m = np.asarray(_as_list(mask), dtype=np.int64)
+        if m.size and m.max() > 1:
+            change = np.flatnonzero(np.diff(m) != 0) + 1
+            bounds = np.concatenate([[0], change, [m.size]])
+            labels = m[bounds[:-1]]
+            if (labels == 0).any():
+                raise ValueError("a pre-packed row's attention_mask has padding (0) inside the row; strip "
+                                 "padding before collating, the collator pads")
+            return np.diff(bounds).tolist()
+    pos = example.get("position_ids")
+    if pos is not None:
+        p = np.asarray(_as_list(pos), dtype=np.int64)
+        starts = np.flatnonzero(np.diff(p) != 1) + 1
+        if starts.size:
+            bounds = np.concatenate([[0], starts, [p.size]])
+            return np.diff(bounds).tolist()
+    return None
+
+
+@dataclass
+class DataCollatorForPacking:
+    """Pack tokenized examples into rows with block-diagonal attention for a Hugging Face model.
+
+    Use as ``Trainer(..., data_collator=DataCollatorForPacking(max_length=4096))`` or with
+    TRL's ``SFTTrainer`` (``packing=False, padding_free=False``: the collator packs). With
+    ``Trainer``'s default ``remove_unused_columns=True``, example keys the model's forward
+    does not name (``seq_lengths``, ``completion_mask``) are dropped before the collator:
+    set ``remove_unused_columns=False`` to keep them.
+
+    Args:
+        max_length: tokens per row (the packing capacity). None: rows as long as the
+            longest example (``pack=False`` only).
+        pad_token_id: input id written into padding (its label is always -100).
+        pack: True packs the batch's examples together (best-fit decreasing); False
+            keeps one example per row (padding baseline, or rows packed beforehand).
+        overflow: an example longer than ``max_length``: ``"truncate"`` (default, as
+            Trainer pipelines do), ``"split"`` (pieces in several rows; every token
+            kept), ``"drop"`` or ``"error"``.
+        pad_to_multiple_of: round the row length up to a multiple of this.
+        fixed_length: rows exactly ``max_length`` tokens (static shapes).
+        max_num_docs: pad ``cu_seq_lens`` to this many segments (static shapes).
+        format: ``"flash"`` (default), ``"position_ids"`` or ``"attention_mask"``; see
+            `packed_model_inputs`.
+        return_packed_batch: return the `PackedBatch` itself instead of a dict.
+    """
+
+    max_length: int | None = 4096
+    pad_token_id: int = 0
+    pack: bool = True
+    overflow: str = "truncate"
+    strategy: str = "bfd"
+    pad_to_multiple_of: int | None = None
+    fixed_length: bool = False
+    max_num_docs: int | None = None
+    format: str = "flash"
+    return_packed_batch: bool = False
+    return_tensors: str = "pt"
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}; got {self.format!r}")
+        if self.pack and self.max_length is None:
+            raise ValueError("pack=True needs max_length (the tokens per row)")
+        if self.fixed_length and self.max_length is None:
+            raise ValueError("fixed_length=True needs max_length")
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any] | PackedBatch:
+        if not features:
+            raise ValueError("the collator got an empty list of examples")
+        docs, row_of_doc, prepacked = self._documents(features)
+        lengths = np.fromiter((len(d["input_ids"]) for d in docs), dtype=np.int64, count=len(docs))
+        if self.pack and not prepacked:
+            bins = self._plan(lengths)
+        else:
+            bins = self._rows_as_given(lengths, row_of_doc, len(features))
+        batch = collate_packed(bins, docs, layout="rows", label_shift="model", pad_token_id=self.pad_token_id,
+                               max_num_docs=self.max_num_docs, max_seqlen=bins.capacity)
+        if self.return_packed_batch:
+            return batch
+        return packed_model_inputs(batch, format=self.format)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _documents(self, features):
+        """Flat list of documents ``{"input_ids", "labels"}``, the row each came from, and
+        whether the rows were packed beforehand."""
+        docs, row_of_doc, prepacked = [], [], False
+        for r, ex in enumerate(features):
+            ids = np.asarray(_as_list(ex["input_ids"]), dtype=np.int64)
+            labels = _labels_of(ex)
+            lens = _docs_in_row(ex)
+            if lens is None:
+                lens = [ids.size]
+            else:
+                prepacked = True
+            start = 0
+            for n in lens:
+                if n > 0:  # an empty example adds nothing (its row may end up all padding)
+                    docs.append({"input_ids": ids[start:start + n], "labels": labels[start:start + n]})
+                    row_of_doc.append(r)
+                start += n
+        return docs, np.asarray(row_of_doc, dtype=np.int64), prepacked
+
+    def _row_length(self, longest: int) -> int:
+        if self.fixed_length:
+            return int(self.max_length)
+        L = max(int(longest), 1)
+        m = self.pad_to_multiple_of
+        if m:
+            L = -(-L // m) * m
+        return L
+
+    def _plan(self, lengths: np.ndarray) -> _Bins:
+        from seqpack.plan import plan_packing
+        plan = plan_packing(lengths, int(self.max_length), strategy=self.strategy, overflow=self.overflow)
+        used = plan.bin_lengths()
+        L = self._row_length(int(used.max()) if used.size else 1)
+        return _Bins(plan.doc, plan.start, plan.stop, plan.bin_offsets, plan.num_bins, L)
+
+    def _rows_as_given(self, lengths, row_of_doc, num_rows) -> _Bins:
+        used = np.bincount(row_of_doc, weights=lengths, minlength=num_rows).astype(np.int64)
+        longest = int(used.max()) if used.size else 1
+        if self.max_length is not None and longest > self.max_length:
+            r = int(used.argmax())
+            if self.overflow != "truncate" or (row_of_doc == r).sum() > 1:
+                raise ValueError(f"row {r} has {longest} tokens but max_length is {self.max_length}: raise "
+                                 f"max_length, or let the collator pack (pack=True, overflow='split')")
+            longest = self.max_length
+        cap = self._row_length(longest)
+        doc = np.arange(lengths.size, dtype=np.int64)
+        stop = np.minimum(lengths, cap)  # only a lone over-long example is cut (overflow='truncate')
+        counts = np.bincount(row_of_doc, minlength=num_rows)
+        return _Bins(doc, np.zeros_like(doc), stop, _offsets(counts), num_rows, cap)
