@@ -1,0 +1,584 @@
+"""Offline packing: a whole dataset -> packed rows in one Parquet file (``seqpack pack``).
+
+The plan is global (every document can share a row with any other) while memory holds only
+per-document lengths and per-piece plan arrays, never the token set:
+
+1. **scan**: read the input once for the lengths. Inputs that cost a tokenizer run (text,
+   chats, one-shot iterators) are spilled to a flat temporary file as they are tokenized;
+   pre-tokenized Parquet is simply read again later.
+2. **plan**: `plan_packing` over the lengths (chats with ``overflow="split"`` are first cut
+   at turn boundaries where possible).
+3. **scatter**: read the tokens again in input order and append every piece to the region
+   of its *group* (a run of consecutive output rows, ~8M tokens) in a bucket file. All
+   writes are sequential per group; nothing is memory-mapped, so the page cache, not the
+   process, holds the data.
+4. **write**: for each group, read its region (bounded memory), put pieces in row order,
+   and append the rows to the Parquet file.
+
+Everything goes to a temporary directory beside the output; the finished file is renamed
+into place last, so an interrupted run never leaves a file that looks complete, and a
+re-run (also after ``kill -9``) starts over and writes the same bytes.
+
+Output schema, one row per packed row (documents back to back, no padding):
+``input_ids`` list<int32>, ``labels`` list<int32> (-100 = no loss; ``label_shift`` says
+whether they align with the inputs (HF, default) or are next-token targets),
+``doc_lengths`` list<int32>, ``doc_ids`` list<int64> (index of the source document),
+``doc_starts`` list<int32> (offset of the piece inside that document). The file's
+key-value metadata ``seqpack`` (JSON) records the options and counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+__all__ = ["pack_to_parquet", "PackSummary", "read_packed", "packed_metadata"]
+
+IGNORE_INDEX = -100  # as seqpack.batch.IGNORE_INDEX; not imported, which would import torch
+FORMAT_VERSION = 1
+GROUP_TOKENS = 1 << 23  # tokens per scatter group: bounds the write phase's memory
+ROW_GROUP_TOKENS = 1 << 20  # Parquet row groups of about 1M tokens
+
+
+@dataclass
+class PackSummary:
+    """What `pack_to_parquet` did. Counts describe the input; ``seconds`` the run."""
+
+    output: str
+    capacity: int
+    strategy: str
+    overflow: str
+    documents: int = 0
+    input_tokens: int = 0
+    empty_docs: int = 0
+    split_docs: int = 0
+    split_at_turns: int = 0
+    truncated_docs: int = 0
+    dropped_docs: int = 0
+    dropped_tokens: int = 0
+    placed_tokens: int = 0
+    rows: int = 0
+    pieces: int = 0
+    fill: float = 0.0
+    docs_per_row_mean: float = 0.0
+    docs_per_row_max: int = 0
+    report: str | None = None
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        t = sum(self.seconds.values())
+        return self.input_tokens / t if t > 0 else float("nan")
+
+    def text(self) -> str:
+        s = self.seconds
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in s.items())
+        return "\n".join([
+            f"packed {self.documents:,} documents ({self.input_tokens:,} tokens) -> {self.rows:,} rows "
+            f"of {self.capacity:,} ({self.strategy}, overflow={self.overflow})",
+            f"  fill:          {100 * self.fill:.2f}%",
+            f"  docs per row:  {self.docs_per_row_mean:.2f} mean, {self.docs_per_row_max} max "
+            f"({self.pieces:,} pieces)",
+            f"  split:         {self.split_docs:,} documents ({self.split_at_turns:,} at turn boundaries)",
+            f"  truncated:     {self.truncated_docs:,} documents; dropped: {self.dropped_docs:,} documents; "
+            f"{self.dropped_tokens:,} tokens lost",
+            f"  empty skipped: {self.empty_docs:,}",
+            f"  throughput:    {self.tokens_per_second / 1e6:.2f}M tokens/s end to end ({phases})",
+            f"  output:        {self.output}" + (f"\n  report:        {self.report}" if self.report else ""),
+        ])
+
+
+# ----------------------------------------------------------------------------------------
+# temporary files
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale(out: Path) -> None:
+    """Remove work directories that interrupted runs left beside ``out``."""
+    prefix = f".{out.name}.seqpack-tmp-"
+    for p in out.parent.glob(prefix + "*"):
+        try:
+            pid = int(p.name[len(prefix):])
+        except ValueError:
+            continue
+        if pid == os.getpid() or not _pid_alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+class _Spill:
+    """Tokens (and labels) appended flat to files in the work directory, read back in chunks.
+
+    Every input is spilled during the scan, pre-tokenized Parquet included: reading the flat
+    file back costs a fraction of decoding Parquet (or tokenizing) a second time. Tokens are
+    stored as uint16 while every id fits, else int32 (the file is widened once if needed).
+    """
+
+    def __init__(self, work: Path):
+        self.tok_path, self.lab_path = work / "spill-tokens.bin", work / "spill-labels.bin"
+        self.tok = open(self.tok_path, "wb")
+        self.dtype = np.dtype(np.uint16)
+        self.lab = None
+        self.n = 0
+
+    def _widen(self) -> None:
+        self.tok.close()
+        old = self.tok_path.with_suffix(".u16")
+        os.replace(self.tok_path, old)
+        with open(old, "rb") as src, open(self.tok_path, "wb") as dst:
+            while True:
+                block = np.fromfile(src, np.uint16, 1 << 24)
+                if not block.size:
+                    break
+                dst.write(block.astype(np.int32).tobytes())
+        old.unlink()
+        self.tok = open(self.tok_path, "ab")
+        self.dtype = np.dtype(np.int32)
+
+    def add(self, chunk) -> None:
+        tokens = chunk.tokens
+        if self.dtype == np.uint16 and tokens.size and int(tokens.max()) >= 2**16:
+            self._widen()
+        self.tok.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        if chunk.labels is not None and self.lab is None:
+            self.lab = open(self.lab_path, "wb")
+            if self.n:  # earlier chunks had no labels: their labels are their tokens
+                self.tok.flush()
+                with open(self.tok_path, "rb") as f:
+                    while True:
+                        block = np.fromfile(f, self.dtype, 1 << 24)
+                        if not block.size:
+                            break
+                        self.lab.write(block.astype(np.int32).tobytes())
+        if self.lab is not None:
+            lab = chunk.labels if chunk.labels is not None else tokens
+            self.lab.write(np.ascontiguousarray(lab, dtype=np.int32).tobytes())
+        self.n += int(tokens.size)
+
+    def close(self):
+        self.tok.close()
+        if self.lab is not None:
+            self.lab.close()
+
+    def chunks(self, lengths: np.ndarray, tokens_per_chunk: int = 1 << 23):
+        """DocChunks of whole documents, about ``tokens_per_chunk`` tokens each."""
+        from seqpack.data.sources import DocChunk
+
+        offsets = _excl_cumsum(lengths)
+        # chunk boundaries: the first document starting at or after every multiple of the size
+        bounds = np.unique(np.concatenate([
+            np.searchsorted(offsets[:-1], np.arange(0, int(offsets[-1]) + 1, tokens_per_chunk)),
+            [0, lengths.size]]))
+        with open(self.tok_path, "rb") as ft, (open(self.lab_path, "rb") if self.lab else open(os.devnull, "rb")) as fl:
+            for d0, d1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+                a, b = int(offsets[d0]), int(offsets[d1])
+                tok = np.fromfile(ft, self.dtype, b - a)
+                lab = np.fromfile(fl, np.int32, b - a) if self.lab else None
+                yield DocChunk(tok, offsets[d0:d1 + 1] - a, lab, None, d0)
+
+
+# ----------------------------------------------------------------------------------------
+# the pipeline
+
+
+def _progress(progress, **kw):
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5, **kw)
+
+
+def _units(lengths: np.ndarray, cut_docs: list, cut_starts: list):
+    """Documents cut at turn boundaries become several planning units.
+
+    Returns (unit_lengths, unit_doc, unit_start); unit_doc is None when nothing was cut
+    (units are the documents)."""
+    if not cut_docs:
+        return lengths, None, None
+    cut_docs = np.asarray(cut_docs, np.int64)
+    pieces = np.ones(lengths.size, np.int64)
+    pieces[cut_docs] = [s.size for s in cut_starts]
+    unit_doc = np.repeat(np.arange(lengths.size, dtype=np.int64), pieces)
+    first = np.cumsum(pieces) - pieces
+    unit_start = np.zeros(unit_doc.size, np.int64)
+    for d, s in zip(cut_docs.tolist(), cut_starts):
+        unit_start[first[d]:first[d] + s.size] = s
+    ends = np.append(unit_start[1:], 0)
+    last = np.zeros(unit_doc.size, bool)
+    last[np.cumsum(pieces) - 1] = True
+    ends[last] = lengths[unit_doc[last]]
+    return ends - unit_start, unit_doc, unit_start
+
+
+def _excl_cumsum(x: np.ndarray) -> np.ndarray:
+    out = np.zeros(x.size + 1, np.int64)
+    np.cumsum(x, out=out[1:])
+    return out
+
+
+def pack_to_parquet(inputs, output, *, capacity: int, strategy: str = "bfd", overflow: str = "error",
+                    max_docs_per_bin: int | None = None, seed: int | None = 0, label_shift: str = "model",
+                    column: str | None = None, tokenizer=None, mask_prompt: bool = True,
+                    report: bool = True, report_rows: int = 32, progress: bool = True,
+                    compression: str = "zstd", group_tokens: int = GROUP_TOKENS,
+                    verbose: bool = True) -> PackSummary:
+    """Pack every document of ``inputs`` into rows of ``capacity`` tokens, written to ``output``.
+
+    Args:
+        inputs: anything `seqpack.data.sources.open_source` accepts (paths, datasets,
+            iterables, ``"chitchat"``).
+        output: the Parquet file to write (replaced atomically when complete).
+        capacity, strategy, overflow, max_docs_per_bin, seed: as in `seqpack.plan_packing`.
+            With ``overflow="split"``, chats are cut between turns where a cut fits.
+        label_shift: ``"model"`` (labels aligned with input_ids, the first token of every
+            piece -100: Hugging Face models shift them) or ``"collator"`` (labels are the
+            next token inside the piece, the last token of every piece -100).
+        column, tokenizer, mask_prompt: how rows become documents (see `open_source`).
+        report: also write ``<output stem>.report.png`` (lengths, docs per row, first rows).
+        progress: tqdm bars on stderr for the long phases.
+
+    Returns a `PackSummary`; prints its text when ``verbose``.
+    """
+    from seqpack.data.sources import open_source
+    from seqpack.plan import plan_packing
+
+    if label_shift not in ("model", "collator"):
+        raise ValueError(f"label_shift must be 'model' or 'collator'; got {label_shift!r}")
+    source = open_source(inputs, column=column, tokenizer=tokenizer, mask_prompt=mask_prompt)
+    out = Path(output).expanduser().resolve()
+    if out.is_dir():
+        raise ValueError(f"output {str(out)!r} is a directory; give a file name such as packed.parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out)
+    work = out.parent / f".{out.name}.seqpack-tmp-{os.getpid()}"
+    work.mkdir()
+    summary = PackSummary(str(out), int(capacity), strategy, overflow)
+    try:
+        _run(source, out, work, summary, plan_packing, capacity=capacity, strategy=strategy,
+             overflow=overflow, max_docs_per_bin=max_docs_per_bin, seed=seed, label_shift=label_shift,
+             report=report, report_rows=report_rows, progress=progress, compression=compression,
+             group_tokens=group_tokens)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if verbose:
+        print(summary.text(), file=sys.stderr)
+    return summary
+
+
+def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overflow, max_docs_per_bin,
+         seed, label_shift, report, report_rows, progress, compression, group_tokens):
+    from seqpack.data import _kernels as K
+    from seqpack.data.tokenize import split_points
+
+    # ---- 1. scan: lengths (and a spill of tokenized inputs)
+    t0 = time.perf_counter()
+    spill = _Spill(work)
+    total = source.num_rows() if hasattr(source, "num_rows") else (
+        len(source.docs) if hasattr(source, "docs") else None)
+    lengths_parts, cut_docs, cut_starts = [], [], []
+    max_id, has_labels = 0, False
+    with _progress(progress, total=total, unit=" docs", unit_scale=True, desc="scan") as bar:
+        for chunk in source.chunks():
+            lens = chunk.lengths
+            lengths_parts.append(lens)
+            if chunk.tokens.size:
+                max_id = max(max_id, int(chunk.tokens.max()))
+            has_labels |= chunk.labels is not None
+            if overflow == "split" and chunk.turns is not None:
+                for j in np.flatnonzero(lens > capacity).tolist():
+                    cuts = split_points(int(lens[j]), chunk.turns[j], capacity)
+                    cut_docs.append(chunk.first + j)
+                    cut_starts.append(cuts)
+            spill.add(chunk)
+            bar.update(len(chunk))
+    spill.close()
+    has_labels = spill.lab is not None
+    lengths = np.concatenate(lengths_parts) if lengths_parts else np.zeros(0, np.int64)
+    del lengths_parts
+    summary.documents, summary.input_tokens = int(lengths.size), int(lengths.sum())
+    summary.seconds["scan"] = time.perf_counter() - t0
+
+    # ---- 2. plan
+    t0 = time.perf_counter()
+    unit_len, unit_doc, unit_start = _units(lengths, cut_docs, cut_starts)
+    try:
+        plan = plan_packing(unit_len, capacity, strategy=strategy, overflow=overflow,
+                            max_docs_per_bin=max_docs_per_bin, seed=seed)
+    except ValueError as e:
+        if unit_doc is not None and "document" in str(e):
+            raise ValueError(f"{e} (document numbers count turn-split pieces)") from None
+        raise
+    if unit_doc is None:
+        p_doc, p_start, p_stop = plan.doc, plan.start, plan.stop
+    else:
+        p_doc = unit_doc[plan.doc]
+        p_start = unit_start[plan.doc] + plan.start
+        p_stop = unit_start[plan.doc] + plan.stop
+    summary.empty_docs = int(plan.empty_docs)
+    summary.split_at_turns = len(cut_docs)
+    summary.split_docs = int(plan.split_docs) + len(cut_docs)
+    summary.truncated_docs, summary.dropped_docs = int(plan.truncated_docs), int(plan.dropped_docs)
+    summary.dropped_tokens = int(plan.dropped_tokens)
+    summary.placed_tokens, summary.rows, summary.pieces = int(plan.placed_tokens), int(plan.num_bins), int(plan.num_pieces)
+    summary.fill = float(plan.efficiency)
+    per_row = plan.docs_per_bin()
+    summary.docs_per_row_mean = float(per_row.mean()) if per_row.size else 0.0
+    summary.docs_per_row_max = int(per_row.max()) if per_row.size else 0
+    bin_offsets, nbins = plan.bin_offsets, int(plan.num_bins)
+    del plan, unit_len, unit_doc, unit_start
+
+    # layout: pieces in row order form the compact output stream
+    len_b = (p_stop - p_start).astype(np.int64)
+    gpos = _excl_cumsum(len_b)  # (P+1,) output offset of every piece
+    bin_tok = gpos[bin_offsets]  # (nbins+1,) output offset of every row
+    rows_per_rg = max(1, ROW_GROUP_TOKENS // capacity)
+    rows_per_group = rows_per_rg * max(1, group_tokens // (rows_per_rg * capacity))
+    num_groups = -(-nbins // rows_per_group)
+    piece_bin = np.repeat(np.arange(nbins, dtype=np.int64), np.diff(bin_offsets))
+    group_b = piece_bin // rows_per_group
+    del piece_bin
+    # pieces in input order: by document, then by start
+    key = p_doc * (int(p_stop.max()) + 1 if p_stop.size else 1) + p_start
+    order_d = np.argsort(key, kind="stable")
+    del key
+    doc_d, start_d, len_d = p_doc[order_d], p_start[order_d], len_b[order_d]
+    # bucket position: group regions in output order, pieces inside a group in input order
+    g_d = group_b[order_d]
+    perm = np.argsort(g_d, kind="stable")
+    del g_d, group_b
+    bpos_d = np.empty_like(len_d)
+    bpos_d[perm] = _excl_cumsum(len_d[perm])[:-1]
+    del perm
+    bpos_b = np.empty_like(bpos_d)
+    bpos_b[order_d] = bpos_d
+    del order_d
+    summary.seconds["plan"] = time.perf_counter() - t0
+
+    # ---- 3. scatter: every piece to its group's region of the bucket file
+    t0 = time.perf_counter()
+    tok_dtype = spill.dtype
+    placed = int(gpos[-1])
+    tok_path, lab_path = work / "bucket-tokens.bin", work / "bucket-labels.bin"
+    fds = [os.open(tok_path, os.O_RDWR | os.O_CREAT, 0o600)]
+    if has_labels:
+        fds.append(os.open(lab_path, os.O_RDWR | os.O_CREAT, 0o600))
+    try:
+        chunks = spill.chunks(lengths)
+        with _progress(progress, total=lengths.size, unit=" docs", unit_scale=True, desc="scatter") as bar:
+            for chunk in chunks:
+                d0, n = chunk.first, len(chunk)
+                p0, p1 = np.searchsorted(doc_d, [d0, d0 + n])
+                bar.update(n)
+                if p1 == p0:
+                    continue
+                sel = slice(p0, p1)
+                src = chunk.offsets[doc_d[sel] - d0] + start_d[sel]
+                by_dest = np.argsort(bpos_d[sel], kind="stable")
+                src, lens, dest = src[by_dest], len_d[sel][by_dest], bpos_d[sel][by_dest]
+                # runs of pieces that land back to back become one write
+                breaks = np.flatnonzero(dest[1:] != dest[:-1] + lens[:-1]) + 1
+                run_first = np.concatenate([[0], breaks])
+                run_tok = _excl_cumsum(lens)
+                arrays = [chunk.tokens.astype(tok_dtype, copy=False)]
+                if has_labels:
+                    lab = chunk.labels if chunk.labels is not None else chunk.tokens
+                    arrays.append(lab.astype(np.int32, copy=False))
+                for fd, arr in zip(fds, arrays):
+                    buf = np.empty(int(run_tok[-1]), arr.dtype)
+                    K.gather(arr, src, lens, buf)
+                    ends = np.append(run_tok[run_first[1:]], run_tok[-1])
+                    for r, a in enumerate(run_tok[run_first].tolist()):
+                        b = int(ends[r])
+                        os.pwrite(fd, memoryview(buf[a:b]).cast("B"), int(dest[run_first[r]]) * buf.itemsize)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    del doc_d, start_d, len_d, bpos_d
+    for path in (spill.tok_path, spill.lab_path):
+        path.unlink(missing_ok=True)
+    summary.seconds["scatter"] = time.perf_counter() - t0
+
+    # ---- 4. write rows group by group
+    t0 = time.perf_counter()
+    meta = {
+        "format": FORMAT_VERSION, "capacity": int(capacity), "strategy": strategy, "overflow": overflow,
+        "max_docs_per_bin": max_docs_per_bin, "seed": seed, "label_shift": label_shift,
+        "source": source.name if not os.path.isabs(source.name) else os.path.basename(source.name),
+        "counts": {k: v for k, v in asdict(summary).items()
+                   if k not in ("output", "seconds", "report", "capacity", "strategy", "overflow")},
+    }
+    tmp_out = work / "output.parquet"
+    _write_rows(tmp_out, tok_path, lab_path if has_labels else None, tok_dtype, bin_offsets, nbins,
+                len_b, gpos, bin_tok, bpos_b, p_doc, p_start, rows_per_group, rows_per_rg, num_groups,
+                label_shift, compression, meta, progress)
+    summary.seconds["write"] = time.perf_counter() - t0
+    assert placed == summary.placed_tokens
+
+    # ---- 5. report, then the output itself is renamed into place last
+    if report:
+        t0 = time.perf_counter()
+        from seqpack.data.report import write_report
+
+        rep = out.with_name(out.stem + ".report.png")
+        tmp_rep = work / "report.png"
+        write_report(tmp_rep, lengths, np.diff(bin_offsets), len_b, bin_offsets, capacity,
+                     rows=report_rows, title=f"{meta['source']}: {summary.documents:,} docs -> "
+                     f"{summary.rows:,} rows of {capacity:,} ({strategy}), fill {100 * summary.fill:.2f}%")
+        os.replace(tmp_rep, rep)
+        summary.report = str(rep)
+        summary.seconds["report"] = time.perf_counter() - t0
+    os.replace(tmp_out, out)
+
+
+def _write_rows(path, tok_path, lab_path, tok_dtype, bin_offsets, nbins, len_b, gpos, bin_tok, bpos_b,
+                p_doc, p_start, rows_per_group, rows_per_rg, num_groups, label_shift, compression, meta,
+                progress):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqpack.data import _kernels as K
+
+    i32, lst = pa.int32(), pa.list_
+    schema = pa.schema([("input_ids", lst(i32)), ("labels", lst(i32)), ("doc_lengths", lst(i32)),
+                        ("doc_ids", lst(pa.int64())), ("doc_starts", lst(i32))],
+                       metadata={"seqpack": json.dumps(meta, sort_keys=True)})
+    itemsize = np.dtype(tok_dtype).itemsize
+    def tables():
+        """One Arrow table per group, built from the group's region of the bucket files."""
+        with open(tok_path, "rb") as ft, (open(lab_path, "rb") if lab_path else open(os.devnull, "rb")) as fl:
+            for g in range(num_groups):
+                b0, b1 = g * rows_per_group, min(nbins, (g + 1) * rows_per_group)
+                q0, q1 = int(bin_offsets[b0]), int(bin_offsets[b1])
+                t0, t1 = int(bin_tok[b0]), int(bin_tok[b1])
+                ft.seek(t0 * itemsize)
+                region = np.fromfile(ft, tok_dtype, t1 - t0)
+                starts, lens = bpos_b[q0:q1] - t0, len_b[q0:q1]
+                tokens = np.empty(t1 - t0, np.int32)
+                K.gather(region, starts, lens, tokens)
+                if lab_path:
+                    fl.seek(t0 * 4)
+                    region = np.fromfile(fl, np.int32, t1 - t0)
+                    src = np.empty(t1 - t0, np.int32)
+                    K.gather(region, starts, lens, src)
+                else:
+                    src = tokens
+                del region
+                piece_first = gpos[q0:q1] - t0
+                if label_shift == "model":
+                    labels = src.copy() if src is tokens else src
+                    labels[piece_first] = IGNORE_INDEX
+                else:
+                    labels = np.empty_like(src)
+                    labels[:-1] = src[1:]
+                    labels[piece_first + lens - 1] = IGNORE_INDEX
+                row_tok = pa.array((bin_tok[b0:b1 + 1] - t0).astype(np.int32))
+                row_piece = pa.array((bin_offsets[b0:b1 + 1] - q0).astype(np.int32))
+                yield b1 - b0, pa.Table.from_arrays([
+                    pa.ListArray.from_arrays(row_tok, pa.array(tokens)),
+                    pa.ListArray.from_arrays(row_tok, pa.array(labels)),
+                    pa.ListArray.from_arrays(row_piece, pa.array(lens.astype(np.int32))),
+                    pa.ListArray.from_arrays(row_piece, pa.array(p_doc[q0:q1].astype(np.int64))),
+                    pa.ListArray.from_arrays(row_piece, pa.array(p_start[q0:q1].astype(np.int32))),
+                ], schema=schema)
+
+    # Encoding Parquet lists is the slowest step and releases the GIL: a writer thread
+    # encodes group g while this thread gathers group g + 1.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with pq.ParquetWriter(path, schema, compression=compression, write_statistics=False,
+                          use_dictionary=False, write_batch_size=1 << 16,
+                          compression_level=1 if compression == "zstd" else None) as writer, \
+            ThreadPoolExecutor(1) as pool, \
+            _progress(progress, total=nbins, unit=" rows", unit_scale=True, desc="write") as bar:
+        pending = None
+        for nrows, table in tables():
+            if pending is not None:
+                bar.update(pending.result())
+            pending = pool.submit(lambda t=table, n=nrows: (writer.write_table(t, row_group_size=rows_per_rg), n)[1])
+            del table
+        if pending is not None:
+            bar.update(pending.result())
+
+
+# ----------------------------------------------------------------------------------------
+# reading packed files back
+
+
+def packed_metadata(path) -> dict:
+    """The ``seqpack`` metadata (options and counts) of a packed Parquet file."""
+    import pyarrow.parquet as pq
+
+    md = pq.read_schema(path).metadata or {}
+    if b"seqpack" not in md:
+        raise ValueError(f"{path} has no seqpack metadata: was it written by `seqpack pack`?")
+    return json.loads(md[b"seqpack"])
+
+
+def read_packed(path, batch_size: int = 8, *, layout: str = "rows", max_num_docs: int | None = None,
+                pad_token_id: int = 0, drop_last: bool = False):
+    """Iterate a packed Parquet file as `PackedBatch`es of ``batch_size`` rows.
+
+    ``layout="rows"`` gives ``(B, capacity)``; ``"1d"`` one buffer of ``B * capacity``
+    tokens with ``max_seqlen = capacity``. ``max_num_docs`` pads ``cu_seqlens`` to a fixed
+    size. Labels are used as stored (see the file's ``label_shift``).
+    """
+    import pyarrow.parquet as pq
+    import torch
+
+    from seqpack.batch import PackedBatch
+    from seqpack.boundaries import DocBoundaries
+
+    meta = packed_metadata(path)
+    cap = int(meta["capacity"])
+    f = pq.ParquetFile(path)
+    for rb in f.iter_batches(batch_size=batch_size, columns=["input_ids", "labels", "doc_lengths"]):
+        B = rb.num_rows
+        if drop_last and B < batch_size:
+            return
+        ids_col, lab_col, len_col = rb.column(0), rb.column(1), rb.column(2)
+        toks, row_off = _flat_list(ids_col)
+        labs, _ = _flat_list(lab_col)
+        lens, doc_off = _flat_list(len_col)
+        lens = lens.astype(np.int64)
+        counts = np.diff(doc_off)
+        used = np.diff(row_off)
+        n = B * cap
+        input_ids = np.full(n, pad_token_id, np.int64)
+        labels = np.full(n, IGNORE_INDEX, np.int64)
+        if layout == "rows":
+            dest = np.repeat(np.arange(B, dtype=np.int64) * cap - row_off[:-1], used) + np.arange(toks.size)
+            bounds = DocBoundaries._from_row_arrays(lens, counts, cap, cap)
+            shape = (B, cap)
+        elif layout == "1d":
+            dest = np.arange(toks.size)
+            bounds = DocBoundaries.from_lengths(lens, n, max_seqlen=cap)
+            shape = (n,)
+        else:
+            raise ValueError(f"layout must be 'rows' or '1d'; got {layout!r}")
+        input_ids[dest] = toks
+        labels[dest] = labs
+        if max_num_docs is not None:
+            bounds = bounds.static(max_num_docs, cap)
+        yield PackedBatch(torch.from_numpy(input_ids.reshape(shape)), torch.from_numpy(labels.reshape(shape)),
+                          bounds.position_ids(), bounds, label_shift=meta.get("label_shift", "model"))
+
+
+def _flat_list(col):
+    offs = col.offsets.to_numpy().astype(np.int64)
+    vals = col.values.to_numpy(zero_copy_only=False)[offs[0]:offs[-1]]
+    return vals, offs - offs[0]
