@@ -1,0 +1,181 @@
+"""Online packing: every document once, deterministic, exact resume, balanced ranks."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import sft_lengths, token_docs, write_parquet
+from torch.utils.data import DataLoader
+
+from seqpack.batch import Documents
+from seqpack.data.online import LoaderState, PackedIterableDataset
+
+
+@pytest.fixture(scope="module")
+def docs():
+    lengths = sft_lengths(1500, seed=7, median=150, max_len=2000)
+    lengths[[3, 99]] = 0
+    return Documents.from_lists(token_docs(lengths, seed=8), dtype=np.int32)
+
+
+def pieces(batches):
+    return sorted((int(d), int(s), int(e)) for b in batches
+                  for d, s, e in zip(b.doc_index, b.doc_start, b.doc_stop))
+
+
+def covers_every_token_once(batches, docs):
+    by_doc = {}
+    for d, s, e in pieces(batches):
+        by_doc.setdefault(d, []).append((s, e))
+    for d in range(len(docs)):
+        spans = by_doc.get(d, [])
+        assert sum(e - s for s, e in spans) == docs.lengths[d], d
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def mk(docs, **kw):
+    kw = {"capacity": 512, "batch_size": 4, "buffer_size": 128, **kw}
+    return PackedIterableDataset(docs, **kw)
+
+
+@pytest.mark.parametrize("layout", ["rows", "1d"])
+@pytest.mark.parametrize("label_shift", ["model", "collator"])
+def test_every_token_once_with_correct_labels(docs, layout, label_shift):
+    batches = list(mk(docs, layout=layout, label_shift=label_shift, max_num_docs=96))
+    covers_every_token_once(batches, docs)
+    shape = (4, 512) if layout == "rows" else (2048,)
+    for b in batches:
+        assert b.input_ids.shape == shape and b.boundaries.cu_seqlens.shape == (97,)
+        assert torch.equal(b.position_ids, b.boundaries.position_ids())
+        ids, lab = b.input_ids.flatten(), b.labels.flatten()
+        seg = b.boundaries.seqlens[~b.boundaries.is_pad].tolist()
+        cu = b.boundaries.cu_seqlens[:-1][~b.boundaries.is_pad].tolist()
+        for (start, n), d, s in zip(zip(cu, seg), b.doc_index, b.doc_start):
+            src = docs[int(d)]
+            assert ids[start:start + n].tolist() == src[s:s + n].tolist()
+            if label_shift == "model":
+                assert lab[start] == -100 and lab[start + 1:start + n].tolist() == src[s + 1:s + n].tolist()
+            else:
+                want = src[s + 1:s + n + 1].tolist()  # a split piece keeps its last target
+                got = lab[start:start + n].tolist()
+                assert got[:len(want)] == want and (len(want) == n or got[-1] == -100)
+
+
+def test_deterministic_per_seed_and_epoch(docs):
+    a = [b.doc_index.tolist() for b in mk(docs, seed=1)]
+    assert a == [b.doc_index.tolist() for b in mk(docs, seed=1)]
+    assert a != [b.doc_index.tolist() for b in mk(docs, seed=2)]
+    ds = mk(docs, seed=1)
+    ds.set_epoch(1)
+    assert a != [b.doc_index.tolist() for b in ds]
+
+
+def test_fill_and_doc_budget(docs):
+    batches = list(mk(docs, capacity=1024, batch_size=8, buffer_size=512))
+    body = batches[:-3]
+    fill = sum(b.boundaries.num_tokens() for b in body) / (len(body) * 8 * 1024)
+    assert fill > 0.95
+    budget = list(mk(docs, capacity=1024, batch_size=8, buffer_size=512, max_num_docs=40))
+    assert max(int((~b.boundaries.is_pad).sum()) for b in budget) <= 40 - 8  # 8 padding runs
+    covers_every_token_once(budget, docs)
+
+
+def test_resume_in_process_is_exact(docs):
+    full = [b.doc_index.tolist() for b in mk(docs)]
+    ds = mk(docs)
+    it = iter(ds)
+    head = [next(it).doc_index.tolist() for _ in range(7)]
+    state = ds.state_dict()
+    ds2 = mk(docs)
+    ds2.load_state_dict(state)
+    assert head + [b.doc_index.tolist() for b in ds2] == full
+
+
+def test_resume_stream_source_is_exact(tmp_path, docs):
+    src = str(write_parquet(tmp_path / "s.parquet", [docs[i] for i in range(len(docs))], rows_per_group=100))
+    full = [b.doc_index.tolist() for b in mk(src)]
+    ds = mk(src)
+    it = iter(ds)
+    head = [next(it).doc_index.tolist() for _ in range(5)]
+    state = ds.state_dict()
+    assert "tokens" in state["buffer"]  # a stream keeps its buffered tokens in the state
+    ds2 = mk(src)
+    ds2.load_state_dict(state)
+    assert head + [b.doc_index.tolist() for b in ds2] == full
+
+
+def test_dataloader_workers_resume_with_loader_state(docs):
+    full = pieces(DataLoader(mk(docs), batch_size=None, num_workers=2))
+    tracker, got = LoaderState(), []
+    for k, b in enumerate(DataLoader(mk(docs, attach_state=True), batch_size=None, num_workers=2)):
+        got.append(b)
+        tracker.update(b)
+        if k == 8:
+            break
+    ds = mk(docs, attach_state=True)
+    ds.load_state_dict(tracker.state_dict())
+    got += list(DataLoader(ds, batch_size=None, num_workers=2))
+    assert pieces(got) == full  # nothing lost, nothing twice
+
+
+def test_stateful_dataloader_resume(docs):
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    full = [b.doc_index.tolist() for b in sdl.StatefulDataLoader(mk(docs), batch_size=None, num_workers=2)]
+    dl = sdl.StatefulDataLoader(mk(docs), batch_size=None, num_workers=2)
+    got = []
+    for k, b in enumerate(dl):
+        got.append(b.doc_index.tolist())
+        if k == 6:
+            state = dl.state_dict()
+            break
+    dl2 = sdl.StatefulDataLoader(mk(docs), batch_size=None, num_workers=2)
+    dl2.load_state_dict(state)
+    got += [b.doc_index.tolist() for b in dl2]
+    assert got == full
+
+
+def test_refuses_a_state_from_other_data_or_options(docs):
+    ds = mk(docs)
+    next(iter(ds))
+    state = ds.state_dict()
+    with pytest.raises(ValueError, match=r"capacity: saved 512, now 1024"):
+        mk(docs, capacity=1024).load_state_dict(state)
+    other = Documents.from_lists([np.arange(5)] * 10)
+    with pytest.raises(ValueError, match=r"different dataset or options \(source: saved"):
+        mk(other).load_state_dict(state)
+    with pytest.raises(ValueError, match="not a seqpack packing state"):
+        mk(docs).load_state_dict({"step": 3})
+    other_workers = mk(docs)
+    other_workers.load_state_dict({**state, "worker": 1, "workers_total": 2})
+    with pytest.raises(ValueError, match="the state is for worker 1 of 2 but this is worker 0 of 1"):
+        iter(other_workers)
+
+
+def test_overflow_and_empty_documents(docs):
+    ds = mk(docs, capacity=256, overflow="truncate")
+    it = iter(ds)
+    batches = list(it)
+    c = ds._live.counters
+    assert c["empty_docs"] == 2 and c["truncated_docs"] == int((docs.lengths > 256).sum())
+    assert max(int((b.doc_stop - b.doc_start).max()) for b in batches) <= 256
+    with pytest.raises(ValueError, match="has .* tokens but rows hold 256"):
+        list(mk(docs, capacity=256, overflow="error"))
+
+
+def step_balance(ranks, **kw):
+    per = [[(int((b.doc_stop - b.doc_start).sum()), float(((b.doc_stop - b.doc_start) ** 2).sum()))
+            for b in PackedIterableDataset(**kw, rank=r, world_size=ranks)] for r in range(ranks)]
+    assert len({len(p) for p in per}) == 1  # same number of batches on every rank
+    a = np.array(per)  # (ranks, steps, 2)
+    spread = (a.max(0) - a.min(0)) / a.mean(0)
+    return spread, a
+
+
+@pytest.mark.parametrize("layout,batch_size,capacity", [("rows", 8, 4096), ("1d", 1, 32768)])
+def test_ranks_balanced_in_tokens_and_attention_cost(layout, batch_size, capacity):
+    L = sft_lengths(6000, seed=11)
+    docs = Documents(np.zeros(int(L.sum()), np.int32), np.concatenate([[0], np.cumsum(L)]))
+    spread, a = step_balance(2, source=docs, capacity=capacity, batch_size=batch_size, layout=layout,
+                             max_seqlen=4096, buffer_size=1024)
+    body = spread[:-3]  # the last steps drain what is left of the stream
+    assert body[:, 0].max() <= 0.02 and body[:, 1].max() <= 0.02, body.max(0)
+    assert a[..., 0].sum() == int(np.minimum(L, 4096).sum() + np.maximum(L - 4096, 0).sum())
