@@ -198,7 +198,7 @@ def _find_documents(kwargs, route: str) -> tuple[DocBoundaries | None, bool]:
         if has_cu and not bool(mask.all()):
             raise _lost_labels_error("cu_seq_lens_q/k were also given (FlashAttention ignores them when a "
                                      "padding mask is present)")
-        if pos is not None:
+        if pos is not None and pos.shape[-1] == mask.shape[-1]:  # (with a cache the mask also covers the past)
             keep = mask.to(torch.bool)
             if bool((_restarts(pos) & keep[:, 1:] & keep[:, :-1]).any()):
                 raise _lost_labels_error("position_ids restart inside its non-padding runs")
@@ -289,16 +289,22 @@ def _packing_pre_hook(module, args, kwargs):
     else:
         kwargs = dict(kwargs)
     config = getattr(module, "config", None)
-    route = attention_route(getattr(config, "_attn_implementation", None))
+    impl = getattr(config, "_attn_implementation", None)
+    try:
+        route = attention_route(impl)
+    except PackingError:
+        route = None  # refused below, only if the call is packed
     boundaries, packed = _find_documents(kwargs, route)
     if not packed:
         return args, kwargs
     _check_cache(kwargs)
     _check_token_mixers(module)
+    if route is None:
+        attention_route(impl)  # raises, naming the implementations that work
     kwargs["use_cache"] = False
     if boundaries is not None:
         _apply_boundaries(kwargs, boundaries, route)
-    if config._attn_implementation == SEQPACK_ATTENTION and kwargs.get("seqpack_context") is None:
+    if impl == SEQPACK_ATTENTION and kwargs.get("seqpack_context") is None:
         # One context per batch: every layer reuses its flex BlockMasks and backend feature.
         b = boundaries if boundaries is not None else _from_cu_seqlens(kwargs, _input_shape(kwargs))
         kwargs["seqpack_context"] = _prepare_context(b, config)

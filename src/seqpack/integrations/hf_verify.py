@@ -199,7 +199,7 @@ def default_implementations(device: str) -> list[str]:
 _HALF_ONLY = ("flash_attention", "flash-attn", "flash_attn")
 
 
-def verify(spec: str, *, attn_implementations=None, forms=("collator", "int_mask"), device: str = "cpu",
+def verify(spec: str, *, attn_implementations=None, forms=("collator", "int_mask", "position_ids"), device: str = "cpu",
            dtype: str = "auto", tol: float | None = None, baseline: bool = True, seed: int = 0,
            lengths=(5, 11, 3, 8, 6, 9, 4), rows=((0, 1), (2, 3, 4), (5, 6)), log=print) -> list[Result]:
     """Check ``spec``'s model per attention implementation and form; see the module docstring."""
@@ -271,7 +271,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attn", default=None,
                         help="comma-separated attn_implementations (default: eager, sdpa, flex_attention, seqpack, "
                              "and flash_attention_2/3 when installed on CUDA)")
-    parser.add_argument("--forms", default="collator,int_mask",
+    parser.add_argument("--forms", default="collator,int_mask,position_ids",
                         help=f"comma-separated input forms among {', '.join(FORMS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
