@@ -15,6 +15,7 @@ import argparse
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--strategy", default="bfd")
     ap.add_argument("--workdir", default="/tmp/seqpack-bench")
     ap.add_argument("--keep-output", action="store_true")
+    ap.add_argument("--directory", action="store_true", help="write a directory of shards, not one file")
     args = ap.parse_args(argv)
 
     work = Path(args.workdir)
@@ -69,7 +71,7 @@ def main(argv=None) -> int:
         n = write_input(inp, args.docs)
         print(f"wrote {inp} ({n:,} tokens, {inp.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - t:.0f}s")
     tokens = int(sft_lengths(args.docs).sum())
-    out = work / f"packed-{args.docs}.parquet"
+    out = work / (f"packed-{args.docs}" + ("" if args.directory else ".parquet"))
     cmd = [sys.executable, "-m", "seqpack.cli", "pack", str(inp), "-o", str(out), "--capacity",
            str(args.capacity), "--strategy", args.strategy, "--overflow", "split", "--no-progress"]
     timer = ["/usr/bin/time", "-v"] if os.path.exists("/usr/bin/time") else []
@@ -87,9 +89,14 @@ def main(argv=None) -> int:
     print(f"wall time:       {wall:.1f} s (process start, imports and numba cache load included)")
     print(f"throughput:      {tokens / wall / 1e6:.2f}M tokens/s end to end (bar >= 5M)")
     print(f"peak RSS:        {peak_kb / 1024**2:.2f} GiB (bar <= 2 GB)")
-    print(f"input size:      {inp.stat().st_size / 1e9:.2f} GB; output {out.stat().st_size / 1e9:.2f} GB")
+    size = sum(f.stat().st_size for f in out.glob("*.parquet")) if out.is_dir() else out.stat().st_size
+    m = re.search(r"User time \(seconds\): ([\d.]+)\s+System time \(seconds\): ([\d.]+)", proc.stderr)
+    if m:
+        cpu = float(m.group(1)) + float(m.group(2))
+        print(f"CPU time:        {cpu:.0f} s user+sys ({cpu / wall:.2f} cores busy on average)")
+    print(f"input size:      {inp.stat().st_size / 1e9:.2f} GB; output {size / 1e9:.2f} GB")
     if not args.keep_output:
-        out.unlink()
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
     return 0
 
 

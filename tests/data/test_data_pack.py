@@ -83,6 +83,26 @@ def test_rerun_is_byte_identical_and_readable(tmp_path, small_docs):
     assert ds[0]["input_ids"] == pq.read_table(a).slice(0, 1).to_pylist()[0]["input_ids"]
 
 
+def test_directory_output_in_shards(tmp_path, small_docs, monkeypatch):
+    import seqpack.data.pack as pack
+
+    monkeypatch.setattr(pack, "SHARD_TOKENS", 8192)  # several shards, written two at a time
+    single, shards = tmp_path / "one.parquet", tmp_path / "dir"
+    kw = dict(capacity=512, overflow="split", progress=False, verbose=False, group_tokens=2048)
+    pack_to_parquet(small_docs, single, **kw)
+    pack_to_parquet(small_docs, shards, **kw)
+    files = pack.packed_files(shards)
+    assert len(files) > 2 and (tmp_path / "dir.report.png").exists()
+    assert pq.read_table(shards).to_pylist() == pq.read_table(single).to_pylist()
+    assert sum(b.input_ids.shape[0] for b in read_packed(shards, 3)) == pq.read_metadata(single).num_rows
+    first = {f: open(f, "rb").read() for f in files}
+    pack_to_parquet(small_docs, shards, **kw)  # replaces the directory, same bytes
+    assert {f: open(f, "rb").read() for f in pack.packed_files(shards)} == first
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.load_dataset("parquet", data_dir=str(shards), split="train")
+    assert ds.num_rows == pq.read_metadata(single).num_rows
+
+
 def test_read_packed_gives_packed_batches(tmp_path, small_docs):
     out = tmp_path / "p.parquet"
     pack_to_parquet(small_docs, out, capacity=1024, overflow="split", progress=False, verbose=False,

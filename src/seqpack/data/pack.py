@@ -40,12 +40,14 @@ from pathlib import Path
 import numpy as np
 
 
-__all__ = ["pack_to_parquet", "PackSummary", "read_packed", "packed_metadata"]
+__all__ = ["pack_to_parquet", "PackSummary", "read_packed", "packed_metadata", "packed_files"]
 
 IGNORE_INDEX = -100  # as seqpack.batch.IGNORE_INDEX; not imported, which would import torch
 FORMAT_VERSION = 1
 GROUP_TOKENS = 1 << 23  # tokens per scatter group: bounds the write phase's memory
 ROW_GROUP_TOKENS = 1 << 20  # Parquet row groups of about 1M tokens
+SHARD_TOKENS = 1 << 29  # directory output: files of about 512M tokens (~2.5 GB), at least 2
+WRITERS = 2  # Parquet encoding threads (it releases the GIL); one per core here
 
 
 @dataclass
@@ -261,8 +263,9 @@ def pack_to_parquet(inputs, output, *, capacity: int, strategy: str = "bfd", ove
         raise ValueError(f"label_shift must be 'model' or 'collator'; got {label_shift!r}")
     source = open_source(inputs, column=column, tokenizer=tokenizer, mask_prompt=mask_prompt)
     out = Path(output).expanduser().resolve()
-    if out.is_dir():
-        raise ValueError(f"output {str(out)!r} is a directory; give a file name such as packed.parquet")
+    if out.is_dir() and out.suffix == ".parquet":
+        raise ValueError(f"output {str(out)!r} is a directory; give a file name such as packed.parquet "
+                         f"or a directory name without .parquet")
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     work = out.parent / f".{out.name}.seqpack-tmp-{os.getpid()}"
@@ -342,26 +345,29 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
     bin_offsets, nbins = plan.bin_offsets, int(plan.num_bins)
     del plan, unit_len, unit_doc, unit_start
 
-    # layout: pieces in row order form the compact output stream
-    len_b = (p_stop - p_start).astype(np.int64)
+    # layout: pieces in row order form the compact output stream. Memory is the budget
+    # here (10M documents -> ~10M pieces): int32 wherever the values allow, int64 only for
+    # token positions, and every array dropped as soon as it is used.
+    small = np.int32 if max(summary.documents, int(p_stop.max()) if p_stop.size else 0) < 2**31 else np.int64
+    len_b = (p_stop - p_start).astype(small)
     gpos = _excl_cumsum(len_b)  # (P+1,) output offset of every piece
     bin_tok = gpos[bin_offsets]  # (nbins+1,) output offset of every row
-    rows_per_rg = max(1, ROW_GROUP_TOKENS // capacity)
-    rows_per_group = rows_per_rg * max(1, group_tokens // (rows_per_rg * capacity))
+    rows_per_group = max(1, group_tokens // capacity)
+    rows_per_rg = min(max(1, ROW_GROUP_TOKENS // capacity), rows_per_group)
+    rows_per_group = rows_per_rg * max(1, rows_per_group // rows_per_rg)  # whole row groups
     num_groups = -(-nbins // rows_per_group)
-    piece_bin = np.repeat(np.arange(nbins, dtype=np.int64), np.diff(bin_offsets))
-    group_b = piece_bin // rows_per_group
-    del piece_bin
     # pieces in input order: by document, then by start
     key = p_doc * (int(p_stop.max()) + 1 if p_stop.size else 1) + p_start
+    del p_stop
     order_d = np.argsort(key, kind="stable")
     del key
+    p_doc, p_start = p_doc.astype(small), p_start.astype(small)
     doc_d, start_d, len_d = p_doc[order_d], p_start[order_d], len_b[order_d]
     # bucket position: group regions in output order, pieces inside a group in input order
-    g_d = group_b[order_d]
+    g_d = (np.repeat(np.arange(nbins, dtype=small), np.diff(bin_offsets))[order_d] // rows_per_group).astype(small)
     perm = np.argsort(g_d, kind="stable")
-    del g_d, group_b
-    bpos_d = np.empty_like(len_d)
+    del g_d
+    bpos_d = np.empty(len_d.size, np.int64)
     bpos_d[perm] = _excl_cumsum(len_d[perm])[:-1]
     del perm
     bpos_b = np.empty_like(bpos_d)
@@ -422,8 +428,16 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
         "counts": {k: v for k, v in asdict(summary).items()
                    if k not in ("output", "seconds", "report", "capacity", "strategy", "overflow")},
     }
-    tmp_out = work / "output.parquet"
-    _write_rows(tmp_out, tok_path, lab_path if has_labels else None, tok_dtype, bin_offsets, nbins,
+    as_dir = out.suffix != ".parquet"
+    num_shards = max(2, -(-placed // SHARD_TOKENS)) if as_dir else 1
+    num_shards = max(1, min(num_shards, num_groups))
+    tmp_out = work / ("output" if as_dir else "output.parquet")
+    if as_dir:
+        tmp_out.mkdir()
+        targets = [tmp_out / f"part-{k:05d}-of-{num_shards:05d}.parquet" for k in range(num_shards)]
+    else:
+        targets = [tmp_out]
+    _write_rows(targets, tok_path, lab_path if has_labels else None, tok_dtype, bin_offsets, nbins,
                 len_b, gpos, bin_tok, bpos_b, p_doc, p_start, rows_per_group, rows_per_rg, num_groups,
                 label_shift, compression, meta, progress)
     summary.seconds["write"] = time.perf_counter() - t0
@@ -442,10 +456,12 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
         os.replace(tmp_rep, rep)
         summary.report = str(rep)
         summary.seconds["report"] = time.perf_counter() - t0
+    if out.exists():  # move the old output aside (it goes with the work directory)
+        os.replace(out, work / "replaced")
     os.replace(tmp_out, out)
 
 
-def _write_rows(path, tok_path, lab_path, tok_dtype, bin_offsets, nbins, len_b, gpos, bin_tok, bpos_b,
+def _write_rows(targets, tok_path, lab_path, tok_dtype, bin_offsets, nbins, len_b, gpos, bin_tok, bpos_b,
                 p_doc, p_start, rows_per_group, rows_per_rg, num_groups, label_shift, compression, meta,
                 progress):
     import pyarrow as pa
@@ -458,72 +474,103 @@ def _write_rows(path, tok_path, lab_path, tok_dtype, bin_offsets, nbins, len_b, 
                         ("doc_ids", lst(pa.int64())), ("doc_starts", lst(i32))],
                        metadata={"seqpack": json.dumps(meta, sort_keys=True)})
     itemsize = np.dtype(tok_dtype).itemsize
-    def tables():
-        """One Arrow table per group, built from the group's region of the bucket files."""
-        with open(tok_path, "rb") as ft, (open(lab_path, "rb") if lab_path else open(os.devnull, "rb")) as fl:
-            for g in range(num_groups):
-                b0, b1 = g * rows_per_group, min(nbins, (g + 1) * rows_per_group)
-                q0, q1 = int(bin_offsets[b0]), int(bin_offsets[b1])
-                t0, t1 = int(bin_tok[b0]), int(bin_tok[b1])
-                ft.seek(t0 * itemsize)
-                region = np.fromfile(ft, tok_dtype, t1 - t0)
-                starts, lens = bpos_b[q0:q1] - t0, len_b[q0:q1]
-                tokens = np.empty(t1 - t0, np.int32)
-                K.gather(region, starts, lens, tokens)
-                if lab_path:
-                    fl.seek(t0 * 4)
-                    region = np.fromfile(fl, np.int32, t1 - t0)
-                    src = np.empty(t1 - t0, np.int32)
-                    K.gather(region, starts, lens, src)
-                else:
-                    src = tokens
-                del region
-                piece_first = gpos[q0:q1] - t0
-                if label_shift == "model":
-                    labels = src.copy() if src is tokens else src
-                    labels[piece_first] = IGNORE_INDEX
-                else:
-                    labels = np.empty_like(src)
-                    labels[:-1] = src[1:]
-                    labels[piece_first + lens - 1] = IGNORE_INDEX
-                row_tok = pa.array((bin_tok[b0:b1 + 1] - t0).astype(np.int32))
-                row_piece = pa.array((bin_offsets[b0:b1 + 1] - q0).astype(np.int32))
-                yield b1 - b0, pa.Table.from_arrays([
-                    pa.ListArray.from_arrays(row_tok, pa.array(tokens)),
-                    pa.ListArray.from_arrays(row_tok, pa.array(labels)),
-                    pa.ListArray.from_arrays(row_piece, pa.array(lens.astype(np.int32))),
-                    pa.ListArray.from_arrays(row_piece, pa.array(p_doc[q0:q1].astype(np.int64))),
-                    pa.ListArray.from_arrays(row_piece, pa.array(p_start[q0:q1].astype(np.int32))),
-                ], schema=schema)
+    ft = open(tok_path, "rb")
+    fl = open(lab_path, "rb") if lab_path else None
 
-    # Encoding Parquet lists is the slowest step and releases the GIL: a writer thread
-    # encodes group g while this thread gathers group g + 1.
+    def table(g):
+        """Group g's rows as an Arrow table, built from its region of the bucket files."""
+        b0, b1 = g * rows_per_group, min(nbins, (g + 1) * rows_per_group)
+        q0, q1 = int(bin_offsets[b0]), int(bin_offsets[b1])
+        t0, t1 = int(bin_tok[b0]), int(bin_tok[b1])
+        ft.seek(t0 * itemsize)
+        region = np.fromfile(ft, tok_dtype, t1 - t0)
+        starts, lens = bpos_b[q0:q1] - t0, len_b[q0:q1]
+        tokens = np.empty(t1 - t0, np.int32)
+        K.gather(region, starts, lens, tokens)
+        if fl is not None:
+            fl.seek(t0 * 4)
+            region = np.fromfile(fl, np.int32, t1 - t0)
+            src = np.empty(t1 - t0, np.int32)
+            K.gather(region, starts, lens, src)
+        else:
+            src = tokens
+        del region
+        piece_first = gpos[q0:q1] - t0
+        if label_shift == "model":
+            labels = src.copy() if src is tokens else src
+            labels[piece_first] = IGNORE_INDEX
+        else:
+            labels = np.empty_like(src)
+            labels[:-1] = src[1:]
+            labels[piece_first + lens - 1] = IGNORE_INDEX
+        row_tok = pa.array((bin_tok[b0:b1 + 1] - t0).astype(np.int32))
+        row_piece = pa.array((bin_offsets[b0:b1 + 1] - q0).astype(np.int32))
+        return b1 - b0, pa.Table.from_arrays([
+            pa.ListArray.from_arrays(row_tok, pa.array(tokens)),
+            pa.ListArray.from_arrays(row_tok, pa.array(labels)),
+            pa.ListArray.from_arrays(row_piece, pa.array(lens.astype(np.int32))),
+            pa.ListArray.from_arrays(row_piece, pa.array(p_doc[q0:q1].astype(np.int64))),
+            pa.ListArray.from_arrays(row_piece, pa.array(p_start[q0:q1].astype(np.int32))),
+        ], schema=schema)
+
+    # Encoding Parquet lists is the slowest step and releases the GIL. Shards are written
+    # WRITERS at a time, each by its own thread, while this thread builds the next tables;
+    # a shard's groups are consecutive, so its content does not depend on thread timing.
     from concurrent.futures import ThreadPoolExecutor
 
-    with pq.ParquetWriter(path, schema, compression=compression, write_statistics=False,
-                          use_dictionary=False, write_batch_size=1 << 16,
-                          compression_level=1 if compression == "zstd" else None) as writer, \
-            ThreadPoolExecutor(1) as pool, \
-            _progress(progress, total=nbins, unit=" rows", unit_scale=True, desc="write") as bar:
-        pending = None
-        for nrows, table in tables():
-            if pending is not None:
-                bar.update(pending.result())
-            pending = pool.submit(lambda t=table, n=nrows: (writer.write_table(t, row_group_size=rows_per_rg), n)[1])
-            del table
-        if pending is not None:
-            bar.update(pending.result())
+    bounds = np.linspace(0, num_groups, len(targets) + 1).round().astype(int)
+    opts = dict(compression=compression, write_statistics=False, use_dictionary=False,
+                write_batch_size=1 << 16, compression_level=1 if compression == "zstd" else None)
+    try:
+        with _progress(progress, total=nbins, unit=" rows", unit_scale=True, desc="write") as bar:
+            for first in range(0, len(targets), WRITERS):
+                shards = range(first, min(len(targets), first + WRITERS))
+                writers = {k: pq.ParquetWriter(targets[k], schema, **opts) for k in shards}
+                pools = {k: ThreadPoolExecutor(1) for k in shards}
+                pending = {k: None for k in shards}
+                try:
+                    for step in range(max(bounds[k + 1] - bounds[k] for k in shards)):
+                        for k in shards:
+                            g = bounds[k] + step
+                            if g >= bounds[k + 1]:
+                                continue
+                            nrows, tbl = table(g)
+                            if pending[k] is not None:
+                                bar.update(pending[k].result())
+                            pending[k] = pools[k].submit(
+                                lambda w=writers[k], t=tbl, n=nrows: (w.write_table(t, row_group_size=rows_per_rg), n)[1])
+                            del tbl
+                    for k in shards:
+                        if pending[k] is not None:
+                            bar.update(pending[k].result())
+                finally:
+                    for k in shards:
+                        pools[k].shutdown(wait=True)
+                        writers[k].close()
+    finally:
+        ft.close()
+        if fl is not None:
+            fl.close()
 
 
 # ----------------------------------------------------------------------------------------
 # reading packed files back
 
 
+def packed_files(path) -> list[str]:
+    """The Parquet file(s) of a packed output: the file itself, or a directory's shards."""
+    p = Path(path)
+    return sorted(str(f) for f in p.glob("*.parquet")) if p.is_dir() else [str(p)]
+
+
 def packed_metadata(path) -> dict:
-    """The ``seqpack`` metadata (options and counts) of a packed Parquet file."""
+    """The ``seqpack`` metadata (options and counts) of a packed Parquet file or directory."""
     import pyarrow.parquet as pq
 
-    md = pq.read_schema(path).metadata or {}
+    files = packed_files(path)
+    if not files:
+        raise ValueError(f"{path} holds no .parquet files")
+    md = pq.read_schema(files[0]).metadata or {}
     if b"seqpack" not in md:
         raise ValueError(f"{path} has no seqpack metadata: was it written by `seqpack pack`?")
     return json.loads(md[b"seqpack"])
@@ -531,13 +578,12 @@ def packed_metadata(path) -> dict:
 
 def read_packed(path, batch_size: int = 8, *, layout: str = "rows", max_num_docs: int | None = None,
                 pad_token_id: int = 0, drop_last: bool = False):
-    """Iterate a packed Parquet file as `PackedBatch`es of ``batch_size`` rows.
+    """Iterate a packed Parquet file (or directory of shards) as `PackedBatch`es of ``batch_size`` rows.
 
     ``layout="rows"`` gives ``(B, capacity)``; ``"1d"`` one buffer of ``B * capacity``
     tokens with ``max_seqlen = capacity``. ``max_num_docs`` pads ``cu_seqlens`` to a fixed
     size. Labels are used as stored (see the file's ``label_shift``).
     """
-    import pyarrow.parquet as pq
     import torch
 
     from seqpack.batch import PackedBatch
@@ -545,8 +591,7 @@ def read_packed(path, batch_size: int = 8, *, layout: str = "rows", max_num_docs
 
     meta = packed_metadata(path)
     cap = int(meta["capacity"])
-    f = pq.ParquetFile(path)
-    for rb in f.iter_batches(batch_size=batch_size, columns=["input_ids", "labels", "doc_lengths"]):
+    for rb in _record_batches(path, batch_size):
         B = rb.num_rows
         if drop_last and B < batch_size:
             return
@@ -576,6 +621,27 @@ def read_packed(path, batch_size: int = 8, *, layout: str = "rows", max_num_docs
             bounds = bounds.static(max_num_docs, cap)
         yield PackedBatch(torch.from_numpy(input_ids.reshape(shape)), torch.from_numpy(labels.reshape(shape)),
                           bounds.position_ids(), bounds, label_shift=meta.get("label_shift", "model"))
+
+
+def _record_batches(path, batch_size):
+    """Record batches of exactly ``batch_size`` rows (the last may be short) across shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    carry = None
+    for f in packed_files(path):
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_size,
+                                                 columns=["input_ids", "labels", "doc_lengths"]):
+            if carry is not None:
+                rb = pa.Table.from_batches([carry, rb]).combine_chunks().to_batches()[0]
+                carry = None
+            while rb.num_rows >= batch_size:
+                yield rb.slice(0, batch_size)
+                rb = rb.slice(batch_size)
+            if rb.num_rows:
+                carry = rb
+    if carry is not None:
+        yield carry
 
 
 def _flat_list(col):

@@ -12,7 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="Parquet or JSONL file(s), a directory of them, a glob, or 'chitchat' / "
                         "'chitchat:chat' (the bundled corpus as text / as chat messages)")
-    p.add_argument("-o", "--output", required=True, help="Parquet file to write (replaced when complete)")
+    p.add_argument("-o", "--output", required=True,
+                   help="a .parquet file, or a directory (any other name) of Parquet shards written "
+                        "two at a time, faster on big inputs; replaced only once complete")
     p.add_argument("--capacity", type=int, required=True, help="tokens per packed row")
     p.add_argument("--strategy", default="bfd", choices=["bfd", "ffd", "nextfit", "wrapped"])
     p.add_argument("--overflow", default="error", choices=["error", "split", "truncate", "drop"],
