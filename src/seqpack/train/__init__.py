@@ -1,0 +1,1 @@
+"""Training the GPT on packed batches: config, data in three modes, loop, metrics, CLI."""

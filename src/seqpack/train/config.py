@@ -1,0 +1,139 @@
+"""The training configuration: one dataclass, every field a ``seqpack train`` flag.
+
+Notable:
+- Model fields left at None take the preset's value (`seqpack.model.PRESETS`).
+- ``rows_per_step x capacity`` is the number of token slots per optimiser step over all
+  ranks (32K for the REFERENCE benchmark: 8 rows of 4,096).
+- ``"auto"`` values resolve at start-up: device (cuda if available), dtype (bf16 autocast
+  on GPU, float32 on CPU), compile (whole model on GPU, off on CPU), dist (from torchrun's
+  environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+__all__ = ["TrainConfig", "add_config_arguments", "config_from_args"]
+
+
+@dataclass
+class TrainConfig:
+    # model
+    preset: str = "tiny"
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_kv_head: int | None = None
+    n_embd: int | None = None
+    window: int | None = None
+    window_pattern: str | None = None
+    tie_embeddings: bool | None = None
+    positions: str = "doc"
+    attn_backend: str = "auto"
+    loss_chunk: int = 0
+    # data
+    data: str = "chitchat"           # "chitchat", a Parquet file/folder from `seqpack pack`, or "hf:NAME"
+    max_docs: int | None = None      # use only the first documents of the corpus
+    capacity: int = 1024             # tokens per row
+    rows_per_step: int = 8           # rows per optimiser step, all ranks together
+    rows_per_micro: int | None = None  # rows per micro-batch per rank (packed/naive); None = all
+    mode: str = "packed"             # packed | naive | padded
+    layout: str = "1d"               # packed mode: 1d buffer or rows
+    pad_batch: int = 8               # padded mode: documents per micro-batch
+    max_num_docs: int | None = None  # packed mode: static cu_seqlens size; None = from the plan
+    strategy: str = "bfd"
+    seed: int = 0
+    # optimisation
+    steps: int = 200
+    lr: float = 3e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # system
+    device: str = "auto"
+    dtype: str = "auto"              # auto | bf16 | fp32 (bf16 = autocast, parameters stay fp32)
+    compile: str = "auto"            # auto | none | model | blocks
+    dist: str = "auto"               # auto | none | ddp | fsdp
+    threads: int | None = None       # CPU threads (torch.set_num_threads)
+    # output
+    out: str = "seqpack-out/train"
+    ckpt_every: int = 0              # 0: only at the end
+    resume: str | None = None        # a checkpoint path, or "auto" = latest in out/
+    log_every: int = 10
+    progress: bool = True
+    peak_tflops: float | None = None
+    save: bool = True                # write a checkpoint at the end
+
+    def model_overrides(self) -> dict:
+        keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "window", "window_pattern", "tie_embeddings",
+                "positions", "attn_backend", "loss_chunk")
+        return {k: getattr(self, k) for k in keys}
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+
+_HELP = {
+    "preset": "model size: tiny, mini, small, 124M, 304M",
+    "positions": "doc: RoPE positions restart per document; buffer: run over the row/buffer",
+    "attn_backend": "varlen_attention backend for packed mode (auto, flash, varlen, flex, sdpa_dense, ...)",
+    "loss_chunk": "tokens per chunk of the fused head+cross-entropy (0: plain logits)",
+    "data": "chitchat (bundled), a Parquet path from `seqpack pack`, or hf:NAME[:SPLIT[:COLUMN]]",
+    "capacity": "tokens per packed row",
+    "rows_per_step": "rows per optimiser step over all ranks (tokens per step = rows x capacity)",
+    "mode": "packed (block-diagonal), naive (packed rows, cross-document attention), padded (one doc per row)",
+    "layout": "packed mode: 1d buffer (varlen style) or rows",
+    "pad_batch": "padded mode: documents per micro-batch",
+    "max_num_docs": "packed mode: fixed number of segments in cu_seqlens (static shapes)",
+    "compile": "torch.compile(fullgraph=True, dynamic=False) of the whole model, of each block, or none",
+    "dist": "distributed: none, ddp or fsdp (FSDP2); auto = ddp under torchrun",
+    "resume": "checkpoint file to resume from, or 'auto' for the latest in --out",
+    "ckpt_every": "save a checkpoint every N steps (0: only at the end)",
+    "peak_tflops": "peak TFLOP/s of one device for MFU (default: known GPUs, none on CPU)",
+}
+
+_CHOICES = {"mode": ("packed", "naive", "padded"), "layout": ("1d", "rows"), "positions": ("doc", "buffer"),
+            "compile": ("auto", "none", "model", "blocks"), "dist": ("auto", "none", "ddp", "fsdp"),
+            "dtype": ("auto", "bf16", "fp32"), "strategy": ("bfd", "ffd", "nextfit", "wrapped")}
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
+    """One ``--flag`` per `TrainConfig` field (underscores become dashes)."""
+    defaults = defaults or TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind.startswith("bool"):
+            typ = _parse_bool
+        elif kind.startswith("int"):
+            typ = int
+        elif kind.startswith("float"):
+            typ = float
+        else:
+            typ = str
+        help_ = _HELP.get(f.name, "")
+        parser.add_argument(flag, dest=f.name, type=typ, default=default, choices=_CHOICES.get(f.name),
+                            metavar=None if f.name in _CHOICES else f.name.upper(),
+                            help=f"{help_} (default: {default})".strip())
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})

@@ -1,0 +1,379 @@
+"""The training loop: set-up, one optimiser step, checkpoints, logs.
+
+Notable:
+- The loss of a step is the sum of token losses over every micro-batch and every rank,
+  divided by the step's label tokens over all ranks (one all-reduce of a count before
+  the first backward). So a packed step, a padded step accumulated over micro-batches and
+  a 2-rank step all compute the same gradient for the same documents.
+- The divisor is a device tensor and the micro-batches have static shapes: the compiled
+  model (``fullgraph=True, dynamic=False``) sees the same graph every step.
+- Logs sync with the device only every ``log_every`` steps; useful tokens/s and MFU are
+  measured over those windows, after the first step (compilation, warm-up) is done.
+- Checkpoints hold the model, optimizer, loader ``(epoch, step)``, step counter and loss
+  history: a resumed run computes bit for bit the same losses as an uninterrupted one
+  (on CPU; on GPU up to non-deterministic kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqpack.model import GPT, gpt_config
+from seqpack.model.gpt import prepare_context
+from seqpack.train.config import TrainConfig
+from seqpack.train.data import PackedLoader, StepBatch
+from seqpack.train.dist import DistInfo, all_reduce_sum, init_distributed
+from seqpack.train.metrics import peak_flops, step_flops
+
+__all__ = ["Trainer", "load_documents", "lr_at"]
+
+
+# ----------------------------------------------------------------------------------------
+# small pure helpers
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_frac x lr`` at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    t = min((step - cfg.warmup_steps) / span, 1.0)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def load_documents(spec: str, max_docs: int | None = None):
+    """``(Documents, vocab_size)`` for a data spec: "chitchat", or anything
+    `seqpack.data.sources.open_source` reads (Parquet of documents, JSONL, ``hf:NAME``)."""
+    from seqpack.batch import Documents
+
+    if spec == "chitchat":
+        from seqpack.data.corpus import VOCAB_SIZE, load_chitchat
+
+        return load_chitchat(max_docs), VOCAB_SIZE
+    from seqpack.data.sources import open_source
+
+    source = spec
+    if spec.startswith("hf:"):
+        import datasets
+
+        name, *rest = spec[3:].split(":")
+        source = datasets.load_dataset(name, split=rest[0] if rest else "train")
+    toks, offs, labs, n = [], [0], [], 0
+    has_labels = False
+    for chunk in open_source(source).chunks():
+        toks.append(np.asarray(chunk.tokens, dtype=np.int64))
+        labs.append(None if chunk.labels is None else np.asarray(chunk.labels, dtype=np.int64))
+        has_labels |= chunk.labels is not None
+        offs.append(np.asarray(chunk.offsets[1:], dtype=np.int64) + n)
+        n += int(chunk.offsets[-1])
+        if max_docs is not None and sum(len(o) for o in offs) - 1 >= max_docs:
+            break
+    tokens = np.concatenate(toks) if toks else np.zeros(0, np.int64)
+    offsets = np.concatenate(offs)
+    labels = None
+    if has_labels:
+        labels = np.concatenate([t if lab is None else lab for t, lab in zip(toks, labs)])
+    docs = Documents(tokens, offsets, labels)
+    if max_docs is not None and len(docs) > max_docs:
+        end = int(offsets[max_docs])
+        docs = Documents(tokens[:end], offsets[:max_docs + 1], None if labels is None else labels[:end])
+    vocab = int(tokens.max()) + 1 if tokens.size else 1
+    return docs, vocab
+
+
+def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
+    """Vocabulary rounded up to a multiple of 64 (GPT-2's 50,257 -> 50,304): faster matmuls."""
+    return -(-vocab_size // multiple) * multiple
+
+
+# ----------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """``Trainer(cfg).run()`` trains and returns a summary dict.
+
+    ``docs`` (a `Documents` store) and ``vocab_size`` override ``cfg.data`` (tests, demo).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, docs=None, vocab_size: int | None = None, plan=None):
+        self.cfg = cfg
+        self.dist, self.device = init_distributed(cfg.dist, cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if docs is None:
+            docs, vocab_size = load_documents(cfg.data, cfg.max_docs)
+        self.docs = docs
+        self.use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
+        self.model_config = gpt_config(cfg.preset, vocab_size=pad_vocab(vocab_size or 50257),
+                                       **cfg.model_overrides())
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank
+        self.model = GPT(self.model_config).to(self.device)
+        self.num_params = self.model.num_params()
+        self.loader = PackedLoader(docs, capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode,
+                                   layout=cfg.layout, rows_per_micro=cfg.rows_per_micro, pad_batch=cfg.pad_batch,
+                                   max_num_docs=cfg.max_num_docs, seed=cfg.seed, strategy=cfg.strategy,
+                                   rank=self.dist.rank, world=self.dist.world, plan=plan)
+        self.forward = self._wrap_model()
+        self.optimizer = self._make_optimizer()
+        self.step = 0
+        self.history: list[float] = []      # mean loss of every step
+        self.wall: list[float] = []         # seconds since the run started, at the end of every step
+        self.peak = peak_flops(self.device, cfg.peak_tflops)
+        if cfg.resume:
+            self.load(self._resolve_resume(cfg.resume))
+
+    # ------------------------------------------------------------------ set-up
+
+    def _compile_kind(self) -> str:
+        kind = self.cfg.compile
+        if kind == "auto":
+            kind = "model" if self.device.type == "cuda" else "none"
+        if kind == "model" and self.dist.kind == "fsdp" and self.dist.enabled:
+            kind = "blocks"  # FSDP2 hooks sit between blocks: compile each block (torchtitan's way)
+        return kind
+
+    def _wrap_model(self):
+        """Compile and/or shard the model; returns the callable used for forward passes."""
+        model, kind = self.model, self._compile_kind()
+        compile_kw = dict(fullgraph=True, dynamic=False)
+        if kind != "none":
+            raise_recompile_limit()
+        if kind == "blocks":
+            for block in model.blocks:
+                block.compile(**compile_kw)
+            model.compile_loss(**compile_kw)
+        if self.dist.enabled and self.dist.kind == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in model.blocks:
+                fully_shard(block)
+            fully_shard(model)
+            return model
+        fwd = torch.compile(model, **compile_kw) if kind == "model" else model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            fwd = DDP(fwd, device_ids=ids)
+        return fwd
+
+    def _make_optimizer(self):
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        other = [p for p in self.model.parameters() if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
+                  {"params": other, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        fused = self.device.type == "cuda" and not (self.dist.enabled and self.dist.kind == "fsdp")
+        kw = {"fused": True} if fused else {"foreach": True}
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2), **kw)
+
+    def _sync_context(self, last: bool):
+        """No gradient all-reduce until the last micro-batch of a step."""
+        fwd = self.forward
+        if not self.dist.enabled:
+            return contextlib.nullcontext()
+        if self.dist.kind == "fsdp":
+            fwd.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
+        return contextlib.nullcontext() if last else fwd.no_sync()
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16)
+
+    # ------------------------------------------------------------------ one step
+
+    def train_step(self, batch: StepBatch) -> torch.Tensor:
+        """One optimiser step; returns the step's mean loss over all ranks (a device tensor)."""
+        dev = self.device
+        count = torch.tensor(float(batch.label_tokens), device=dev)
+        all_reduce_sum(count, self.dist)
+        scale = self.dist.world / count.clamp(min=1)  # DDP/FSDP average over ranks: undo it
+        loss_sum = torch.zeros((), device=dev)
+        n = len(batch.micro)
+        for i, mb in enumerate(batch.micro):
+            ctx = prepare_context(mb.boundaries, self.model_config, dev)  # once for all layers
+            mb = mb.to(dev, non_blocking=True)
+            with self._sync_context(i == n - 1), self.autocast():
+                loss, _ = self.forward(mb.input_ids, mb.labels, boundaries=ctx, position_ids=mb.position_ids)
+            (loss * scale).backward()
+            loss_sum += loss.detach()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        lr = lr_at(self.step, self.cfg)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return all_reduce_sum(loss_sum, self.dist) / count.clamp(min=1)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, steps: int | None = None, *, on_log=None) -> dict:
+        """Train until ``steps`` (default ``cfg.steps``) optimiser steps are done in total."""
+        cfg = self.cfg
+        end = cfg.steps if steps is None else steps
+        main = self.dist.is_main
+        bar = None
+        if cfg.progress and main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=end, initial=self.step, desc=f"train {cfg.mode}", unit="step", dynamic_ncols=True)
+        log_path = cfg.out_dir / "log.jsonl"
+        if main:
+            cfg.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.step == 0 and log_path.exists():
+                log_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
+        pending: list[torch.Tensor] = []
+        window = dict(useful=0, slots=0, docs=0, rows=0, flops=0, steps=0)
+        totals = dict(useful=0, slots=0, docs=0, rows=0, flops=0, seconds=0.0, steps=0)
+        t_start = time.perf_counter() - (self.wall[-1] if self.wall else 0.0)
+        t_window = time.perf_counter()
+        first = self.step
+        last_log: dict = {}
+        while self.step < end:
+            batch = next(self.loader)
+            loss = self.train_step(batch)
+            pending.append(loss)
+            self.wall.append(time.perf_counter() - t_start)
+            w = window  # this rank's counts; summed over ranks when logged
+            w["useful"] += batch.useful_tokens
+            w["slots"] += batch.slots
+            w["docs"] += batch.docs
+            w["rows"] += batch.rows
+            w["flops"] += step_flops(self.num_params, batch.useful_tokens, batch.piece_lengths, self.model_config)
+            w["steps"] += 1
+            done = self.step >= end
+            if self.step - first == 1 or self.step % cfg.log_every == 0 or done:
+                if dev_is_cuda(self.device):
+                    torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+                if self.dist.enabled:
+                    keys = ("useful", "slots", "docs", "rows", "flops")
+                    t = torch.tensor([float(w[k]) for k in keys], dtype=torch.float64, device=self.device)
+                    all_reduce_sum(t, self.dist)
+                    w.update(zip(keys, t.tolist()))
+                self.history.extend(float(x) for x in torch.stack(pending).tolist())
+                pending = []
+                dt = now - t_window
+                stats = dict(step=self.step, loss=self.history[-1], lr=lr_at(self.step - 1, cfg),
+                             tok_s=w["useful"] / dt, fill=w["useful"] / max(w["slots"], 1),
+                             docs_per_row=w["docs"] / max(w["rows"], 1), seconds=dt)
+                stats["mfu"] = (w["flops"] / dt / (self.peak * self.dist.world)) if self.peak else None
+                if self.step - first > 1:  # the first step compiles and warms up: not timed
+                    for k in ("useful", "slots", "docs", "rows", "flops", "steps"):
+                        totals[k] += w[k]
+                    totals["seconds"] += dt
+                last_log = stats
+                if main:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(stats) + "\n")
+                    if bar is not None:
+                        bar.set_postfix_str(_postfix(stats))
+                    if on_log is not None:
+                        on_log(stats)
+                window = dict(useful=0, slots=0, docs=0, rows=0, flops=0, steps=0)
+                t_window = time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and not done:
+                self.save()
+        if bar is not None:
+            bar.close()
+        if cfg.save and end > first:
+            self.save()
+        secs = totals["seconds"]
+        summary = dict(mode=cfg.mode, steps=self.step, loss=self.history[-1] if self.history else None,
+                       tok_s=totals["useful"] / secs if secs else last_log.get("tok_s"),
+                       fill=totals["useful"] / max(totals["slots"], 1) if totals["slots"] else last_log.get("fill"),
+                       docs_per_row=totals["docs"] / max(totals["rows"], 1) if totals["rows"] else None,
+                       mfu=(totals["flops"] / secs / (self.peak * self.dist.world)) if (self.peak and secs) else None,
+                       wall=self.wall[-1] if self.wall else 0.0, params=self.num_params,
+                       history=list(self.history), wall_history=list(self.wall))
+        return summary
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        if self.dist.enabled and self.dist.kind == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=opts)
+        else:
+            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
+        return {"model": model_sd, "optimizer": optim_sd, "loader": self.loader.state_dict(), "step": self.step,
+                "history": self.history, "wall": self.wall, "config": asdict(self.cfg),
+                "model_config": self.model_config.to_dict(), "world": self.dist.world}
+
+    def save(self, path: str | Path | None = None) -> Path | None:
+        """Write a checkpoint (rank 0) to ``path`` or ``out/ckpt/step_XXXXXX.pt``."""
+        state = self.state_dict()  # collective under FSDP: every rank calls it
+        if not self.dist.is_main:
+            return None
+        path = Path(path) if path else self.cfg.out_dir / "ckpt" / f"step_{self.step:06d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+        (path.parent / "latest").write_text(path.name)
+        return path
+
+    def _resolve_resume(self, resume: str) -> Path:
+        if resume != "auto":
+            return Path(resume)
+        ckpt = self.cfg.out_dir / "ckpt"
+        latest = ckpt / "latest"
+        if not latest.exists():
+            raise FileNotFoundError(f"--resume auto: no checkpoint in {ckpt}")
+        return ckpt / latest.read_text().strip()
+
+    def load(self, path: str | Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["world"] != self.dist.world:
+            raise ValueError(f"checkpoint {path} was written by {state['world']} ranks; this run has "
+                             f"{self.dist.world}: the data slices would differ")
+        if self.dist.enabled and self.dist.kind == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"],
+                           options=StateDictOptions(full_state_dict=True))
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        self.step = state["step"]
+        self.history = list(state["history"])
+        self.wall = list(state.get("wall", []))
+
+
+def dev_is_cuda(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def raise_recompile_limit(limit: int = 64) -> None:
+    """Static shapes per backend / padded bucket are few but more than dynamo's default 8."""
+    import torch._dynamo.config as dc
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dc, name):
+            setattr(dc, name, max(getattr(dc, name), limit))
+    if hasattr(dc, "accumulated_recompile_limit"):
+        dc.accumulated_recompile_limit = max(dc.accumulated_recompile_limit, 4 * limit)
+    elif hasattr(dc, "accumulated_cache_size_limit"):
+        dc.accumulated_cache_size_limit = max(dc.accumulated_cache_size_limit, 4 * limit)
+
+
+def _postfix(s: dict) -> str:
+    mfu = f" mfu {100 * s['mfu']:.1f}%" if s.get("mfu") else ""
+    return (f"loss {s['loss']:.3f} | {s['tok_s'] / 1e3:.1f}K tok/s{mfu} | fill {100 * s['fill']:.0f}% | "
+            f"{s['docs_per_row']:.1f} docs/row")
