@@ -103,7 +103,7 @@ def packing_problems(draw):
     return lengths, capacity, strategy, overflow, max_docs, window, seed
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(packing_problems())
 def test_plan_properties(problem):
     lengths, capacity, strategy, overflow, max_docs, window, seed = problem
@@ -119,6 +119,32 @@ def test_plan_properties(problem):
     again = plan_packing(np.array(lengths, dtype=np.int64), capacity, **kwargs)
     for name in ("doc", "start", "stop", "bin", "bin_offsets"):
         assert getattr(plan, name).tobytes() == getattr(again, name).tobytes()
+
+
+def reference_fit(lengths, capacity, best):
+    """Plain O(n * bins) best/first fit decreasing over whole documents: bin loads."""
+    loads = []
+    for length in sorted((x for x in lengths if x > 0), reverse=True):
+        fits = [b for b, load in enumerate(loads) if load + length <= capacity]
+        if not fits:
+            loads.append(length)
+            continue
+        b = max(fits, key=lambda b: (loads[b], -b)) if best else fits[0]
+        loads[b] += length
+    return loads
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 60).flatmap(
+    lambda cap: st.tuples(st.just(cap), st.lists(st.integers(0, cap), max_size=60))))
+def test_matches_reference_fit(problem):
+    capacity, lengths = problem
+    ffd = plan_packing(lengths, capacity, strategy="ffd", seed=None)
+    # first fit has no ties: bins in opening order match the reference exactly
+    assert ffd.bin_lengths().tolist() == reference_fit(lengths, capacity, best=False)
+    # best fit's ties (equal free room) leave the same loads whichever bin is taken
+    bfd = plan_packing(lengths, capacity, strategy="bfd", seed=None)
+    assert sorted(bfd.bin_lengths().tolist()) == sorted(reference_fit(lengths, capacity, best=True))
 
 
 # ----------------------------------------------------------------------------------------
