@@ -64,3 +64,15 @@ def test_without_seqpack_documents_leak(impl):
     docs, batch = packed("bsz3_padded")
     for form in ("int_mask", "position_ids"):
         assert compare_packed(tiny("llama", impl, packing=False), docs, batch, form=form)["logits"] > 1e-2
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "seqpack"])
+def test_gradient_checkpointing(impl):
+    if impl == "seqpack":
+        pytest.importorskip("seqpack.attention")
+    model = tiny("llama", impl)
+    model.gradient_checkpointing_enable()
+    model.train()
+    docs, batch = packed("bsz3_padded")
+    for form in ("collator", "int_mask"):
+        assert_same(compare_packed(model, docs, batch, form=form))
