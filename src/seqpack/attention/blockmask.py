@@ -8,10 +8,11 @@ Notable:
   blocks it may skip the mask on ("full" blocks) form a contiguous sub-range of it; the
   partial blocks are at most two runs on either side. Each is a handful of integer ops
   on ``[B, num_blocks]`` tensors, then one ``[B, num_blocks, width]`` index expansion.
-- ``width`` (the kv_indices' last dim) is bounded by ``max_seqlen``, not by the row
-  length: a query block cannot reach further than its longest document. It ignores the
-  window and causality, and the mask_mod takes its reach as tensors, so every
-  (causal, window) variant has the same shapes and shares one compiled flex kernel.
+- The tables' width (kv_indices' last dim) is the number of blocks by default; with
+  ``narrow=True`` it is bounded by ``max_seqlen`` instead (a query block cannot reach
+  further than its longest document). Either way it ignores the window and causality,
+  and the mask_mod takes its reach as tensors, so every (causal, window) variant has the
+  same shapes and shares one compiled flex kernel.
 - The transposed tables (which query blocks read a key block: flex's backward) come from
   the same function with the offset range mirrored, so no ``_transpose_ordered`` sort.
 - Everything is static-shaped tensor code with no host sync and no Python loop over
@@ -42,7 +43,7 @@ def _floor_div(a: torch.Tensor, b: int) -> torch.Tensor:
     return torch.div(a, b, rounding_mode="floor")
 
 
-def _block_tables(f, l, seg_f, seg_l, dlo: int, dhi: int, nb: int, bs: int, width: int):
+def _block_tables(f, l, seg_f, seg_l, dlo: torch.Tensor, dhi: torch.Tensor, nb: int, bs: int, width: int):
     """Partial and full column blocks of each row block.
 
     ``f``/``l``: first/last token of each row block, row-relative, ``[B, nb]``.
@@ -73,17 +74,17 @@ def _block_tables(f, l, seg_f, seg_l, dlo: int, dhi: int, nb: int, bs: int, widt
     return count(num), as_out(idx), count(full_num), as_out(full_idx)
 
 
-def _block_mask_tensors(cu_seqlens: torch.Tensor, B: int, N: int, bs: int, causal: bool,
-                        window: int | None, max_seqlen: int):
-    """All tensors of the document BlockMask (see module docstring). Static shapes."""
+def _block_mask_tensors(cu_seqlens: torch.Tensor, reach: torch.Tensor, B: int, N: int, bs: int, width: int):
+    """All tensors of the document BlockMask (see module docstring).
+
+    ``reach``: int64 ``[2]`` on the device, how far a query sees left and right in its
+    document (a tensor so that causal, bidirectional and every window share one compiled
+    builder); ``B, N, bs, width``: the shapes, Python ints.
+    """
     device = cu_seqlens.device
     cu = cu_seqlens.to(torch.int64)
     nb = -(-N // bs)
-    left, right = left_right_reach(causal, window, max_seqlen)
-    # Width from max_seqlen alone (not causal/window), so every variant has the same shapes.
-    span = bs + 2 * max(max_seqlen - 1, 0)  # tokens a block can touch, incl. its own
-    width = min(nb, -(-(span - 1) // bs) + 1)
-
+    left, right = reach[0], reach[1]
     row_off = (torch.arange(B, device=device, dtype=torch.int64) * N)[:, None]  # [B, 1]
     f = torch.arange(nb, device=device, dtype=torch.int64)[None, :] * bs       # [1, nb]
     l = torch.clamp(f + bs, max=N) - 1
@@ -99,8 +100,7 @@ def _block_mask_tensors(cu_seqlens: torch.Tensor, B: int, N: int, bs: int, causa
     # Transposed: row axis = keys, columns = queries; q - k in [-right, left].
     q = _block_tables(f, l, seg_f, seg_l, -right, left, nb, bs, width)
     docs = torch.searchsorted(ends, torch.arange(B * N, device=device, dtype=torch.int64), right=True)
-    reach = torch.tensor([left, right], device=device, dtype=torch.int32)
-    return kv, q, docs.to(torch.int32).view(B, N), reach
+    return kv, q, docs.to(torch.int32).view(B, N)
 
 
 def doc_mask_mod(docs: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
@@ -115,36 +115,78 @@ def doc_mask_mod(docs: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
     return mask_mod
 
 
-_compiled_tensors = None
+_COMPILED = {}
 
 
-def _tensors_fn(device: torch.device):
-    """The tensor builder, compiled on CUDA when we are not already inside torch.compile."""
-    global _compiled_tensors
-    if device.type != "cuda" or torch.compiler.is_compiling():
-        return _block_mask_tensors
-    if _compiled_tensors is None:
-        _compiled_tensors = torch.compile(_block_mask_tensors, dynamic=None)
-    return _compiled_tensors
+def _compiled_builder(shapes: tuple[int, int, int, int]):
+    """The builder compiled for one (B, N, block_size, width); outside torch.compile only.
+
+    ``dynamic=False`` with ``cu_seqlens`` padded to a power-of-two length (below), so a
+    run compiles once per shape and per power of two of the segment count. Each shape is
+    its own function object, but dynamo's cache is per code object: past its recompile
+    limit (8 variants in one process) dynamo runs the builder eagerly, still correct.
+    """
+    fn = _COMPILED.get(shapes)
+    if fn is None:
+        B, N, bs, width = shapes
+
+        def build(cu, reach):
+            return _block_mask_tensors(cu, reach, B, N, bs, width)
+
+        fn = _COMPILED[shapes] = torch.compile(build, dynamic=False)
+    return fn
+
+
+_REACH = {}
+
+
+def _reach_tensor(left: int, right: int, device: torch.device) -> torch.Tensor:
+    """``[left, right]`` on the device, cached (a host-to-device copy per batch is avoidable)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor([left, right], dtype=torch.int64, device=device)
+    key = (left, right, device)
+    t = _REACH.get(key)
+    if t is None:
+        t = _REACH[key] = torch.tensor([left, right], dtype=torch.int64, device=device)
+    return t
 
 
 def build_block_mask(boundaries: DocBoundaries, *, causal: bool = True, window: int | None = None,
-                     block_size: int = 128, compiled: bool | None = None):
+                     block_size: int = 128, compiled: bool | None = None, narrow: bool = False):
     """Flex ``BlockMask`` for block-diagonal attention over ``boundaries``.
 
     Rows ``(B, L)`` give a mask with batch dim B over sequences of L; a 1D buffer ``(T,)``
-    gives batch dim 1 over T. ``window`` as in `varlen_attention`. O(number of blocks),
-    no host sync. ``compiled=None`` compiles the builder on CUDA outside torch.compile.
+    gives batch dim 1 over T. ``window`` as in `varlen_attention`. No host sync.
+    ``compiled=None`` compiles the builder on CUDA (outside torch.compile; inside, it is
+    traced into the caller's graph).
+
+    ``narrow=True`` sizes the index tables by ``max_seqlen`` instead of the row length
+    (``[B, 1, nb, 1 + 2 ceil((max_seqlen - 1) / block_size)]`` instead of ``[B, 1, nb, nb]``),
+    for very long buffers of short documents. Off by default: flex's CPU lowering (torch
+    2.13) asserts full-width tables, and ``BlockMask.to_dense`` assumes them.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     if window is not None and window < 1:
         raise ValueError(f"window must be >= 1 token; got {window}")
     B, N = (boundaries.shape if boundaries.layout == "rows" else (1, boundaries.shape[0]))
-    fn = _tensors_fn(boundaries.device) if compiled is None else (
-        torch.compile(_block_mask_tensors, dynamic=None) if compiled else _block_mask_tensors)
-    (kv_num, kv_idx, fkv_num, fkv_idx), (q_num, q_idx, fq_num, fq_idx), docs, reach = fn(
-        boundaries.cu_seqlens, B, N, block_size, causal, window, boundaries.max_seqlen)
+    M, bs = boundaries.max_seqlen, block_size
+    nb = -(-N // bs)
+    # A block-aligned run of bs rows reaches max_seqlen - 1 tokens each side: its own block
+    # plus ceil((max_seqlen - 1) / bs) blocks on either side.
+    width = min(nb, 1 + 2 * -(-max(M - 1, 0) // bs)) if narrow else nb
+    left, right = left_right_reach(causal, window, M)
+    reach = _reach_tensor(left, right, boundaries.device)
+    cu = boundaries.cu_seqlens
+    if compiled is None:
+        compiled = boundaries.device.type == "cuda"
+    if compiled and not torch.compiler.is_compiling():
+        pad = (1 << max(cu.numel() - 1, 1).bit_length()) + 1 - cu.numel()  # empty segments: harmless
+        cu = torch.cat([cu, cu[-1:].expand(pad)]) if pad else cu
+        tables = _compiled_builder((B, N, bs, width))(cu, reach)
+    else:
+        tables = _block_mask_tensors(cu, reach, B, N, bs, width)
+    (kv_num, kv_idx, fkv_num, fkv_idx), (q_num, q_idx, fq_num, fq_idx), docs = tables
     return BlockMask(
         seq_lengths=(N, N), kv_num_blocks=kv_num, kv_indices=kv_idx,
         full_kv_num_blocks=fkv_num, full_kv_indices=fkv_idx,

@@ -7,7 +7,8 @@ Notable:
 - flex_attention is only fast compiled: outside ``torch.compile`` we call a compiled
   copy (``dynamic=False``: one compile per shape, which packed batches keep constant);
   inside a compiled model we call it plainly and inductor lowers it with the rest.
-- CPU: forward only (PyTorch has no flex backward on CPU).
+- CPU: forward only (PyTorch has no flex backward on CPU), and not inside a compiled
+  model (inductor's CPU flex template fails there; our own compiled call is fine).
 """
 
 from __future__ import annotations
@@ -33,24 +34,38 @@ def _flex_fn():
     return _compiled_flex
 
 
-def block_mask_for(ctx: AttentionContext, causal: bool, window: int | None):
+def block_mask_for(ctx: AttentionContext, causal: bool, window: int | None, block_size: int = 128):
     """The context's BlockMask for (causal, window), built and cached on first use."""
-    bm = ctx.block_masks.get((causal, window))
+    key = (causal, window) if block_size == 128 else (causal, window, block_size)
+    bm = ctx.block_masks.get(key)
     if bm is None:
-        bm = build_block_mask(ctx.boundaries, causal=causal, window=window)
+        bm = build_block_mask(ctx.boundaries, causal=causal, window=window, block_size=block_size)
         if not torch.compiler.is_compiling():
-            ctx.block_masks[(causal, window)] = bm
+            ctx.block_masks[key] = bm
     return bm
 
 
+def _small_block_options(bs: int) -> dict:
+    # flex's kernel tiles must divide the sparse block: forward BLOCK_M x BLOCK_N, backward
+    # dK/dV tiles BLOCK_M1 x BLOCK_N1 and dQ tiles BLOCK_M2 x BLOCK_N2.
+    return {"BLOCK_M": bs, "BLOCK_N": bs, "BLOCK_M1": bs // 2, "BLOCK_N1": bs, "BLOCK_M2": bs, "BLOCK_N2": bs // 2}
+
+
 class Flex(Backend):
-    name = "flex"
+    """flex_attention; ``block_size`` is the BlockMask's (and, below 128, the kernel's) tile."""
+
+    def __init__(self, name: str = "flex", block_size: int = 128):
+        self.name, self.block_size = name, block_size
 
     def supports(self, req):
         if req.device_type not in ("cuda", "cpu"):
             return f"flex_attention runs on CUDA and CPU, not {req.device_type}"
         if req.device_type == "cpu" and req.requires_grad:
             return "flex_attention has no backward on CPU (PyTorch raises NotImplementedError); forward only there"
+        if req.device_type == "cpu" and req.compiling:
+            # Seen with torch 2.13: inductor's CPU flex template fails inside a larger graph
+            # ("Unsupported for epilogue_nodes", views of 3D inputs); alone it compiles fine.
+            return "inductor's CPU flex_attention template fails inside a larger compiled graph; use sdpa_dense"
         if req.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             return f"flex_attention takes fp16/bf16/fp32, not {req.dtype}"
         d = req.head_dim
@@ -59,13 +74,19 @@ class Flex(Backend):
         return None
 
     def __call__(self, q, k, v, ctx, req, scale):
-        bm = block_mask_for(ctx, req.causal, req.window)
+        bm = block_mask_for(ctx, req.causal, req.window, self.block_size)
         # [B, L, H, D] -> [B, H, L, D]; [T, H, D] -> [1, H, T, D] with the same strides as B=1 rows
         if req.layout == "rows":
             to, back = (lambda x: x.transpose(1, 2)), (lambda o: o.transpose(1, 2))
         else:
             to, back = (lambda x: x.unsqueeze(0).transpose(1, 2)), (lambda o: o.transpose(1, 2).squeeze(0))
         kwargs = {"enable_gqa": True} if req.gqa_groups > 1 else {}
+        if req.device_type == "cuda":
+            # Every query sees at least itself (padding is a segment), so no row is fully masked.
+            opts = {"ROWS_GUARANTEED_SAFE": True}
+            if self.block_size < 128:
+                opts.update(_small_block_options(self.block_size))
+            kwargs["kernel_options"] = opts
         if not req.requires_grad:  # flex refuses CPU inputs that require grad even under no_grad
             q, k, v = q.detach(), k.detach(), v.detach()
         out = _flex_fn()(to(q), to(k), to(v), block_mask=bm, scale=scale, **kwargs)

@@ -1,0 +1,149 @@
+"""backend="auto": it follows the calibration table, and the tables are found where documented."""
+
+import dataclasses
+import json
+from importlib import resources
+
+import pytest
+import torch
+
+from seqpack import cli
+from seqpack.attention import BACKENDS, Backend, choose_backend, prepare, register_backend
+from seqpack.attention import api, select
+from seqpack.attention.select import FALLBACK_ORDER, rank_backends
+from seqpack.boundaries import DocBoundaries
+
+CPU = torch.device("cpu")
+
+
+def table(*entries, device="cpu"):
+    return {"schema": select.SCHEMA, "device": device, "device_match": device, "torch": torch.__version__,
+            "entries": list(entries)}
+
+
+def entry(mean, ms, layout="1d", mode="fwd_bwd"):
+    return {"mean_seqlen": mean, "ms": ms, "layout": layout, "mode": mode}
+
+
+@pytest.fixture
+def cpu_table(monkeypatch):
+    """Install a table for the CPU for the duration of a test."""
+    def install(t):
+        monkeypatch.setitem(select._USER, "cpu", t)
+    return install
+
+
+def rank(names, feature, layout="1d", grad=True):
+    return rank_backends(names, device=CPU, feature=feature, layout=layout, requires_grad=grad)
+
+
+def test_rank_follows_the_table_and_interpolates_between_grid_points(cpu_table):
+    cpu_table(table(entry(50, {"a": 1.0, "b": 2.0}), entry(500, {"a": 4.0, "b": 2.0})))
+    assert rank(["a", "b"], 50) == ["a", "b"]
+    assert rank(["a", "b"], 500) == ["b", "a"]
+    assert rank(["a", "b"], 5) == ["a", "b"]        # below the grid: the nearest point
+    assert rank(["a", "b"], 5000) == ["b", "a"]     # above it
+    # log-log: a costs 4 ** t at feature 50 * 10 ** t
+    assert rank(["a", "b"], 100) == ["a", "b"]      # a ~1.52 ms
+    assert rank(["a", "b"], 300) == ["b", "a"]      # a ~2.94 ms
+
+
+def test_rank_uses_the_mode_and_layout_of_the_call(cpu_table):
+    cpu_table(table(entry(100, {"a": 1.0, "b": 2.0}, mode="fwd"), entry(100, {"a": 3.0, "b": 2.0}, mode="fwd_bwd"),
+                    entry(100, {"a": 9.0, "b": 2.0}, layout="rows", mode="fwd")))
+    assert rank(["a", "b"], 100, grad=False) == ["a", "b"]
+    assert rank(["a", "b"], 100, grad=True) == ["b", "a"]
+    assert rank(["a", "b"], 100, layout="rows", grad=False) == ["b", "a"]
+    assert rank(["a", "b"], 100, layout="rows", grad=True) == ["b", "a"]  # no rows fwd_bwd: any layout
+
+
+def test_unmeasured_backends_come_after_measured_ones_in_fallback_order(cpu_table):
+    cpu_table(table(entry(100, {"sdpa_dense": 5.0})))
+    assert rank(["eager", "flex", "sdpa_dense"], 100) == ["sdpa_dense", "flex", "eager"]
+
+
+def test_without_a_table_the_fallback_order_applies():
+    names = ["eager", "sdpa_dense", "flex", "flash_attn.cute", "torch_varlen"]
+    assert rank_backends(names, device=torch.device("meta"), feature=100, layout="1d",
+                         requires_grad=True) == [n for n in FALLBACK_ORDER if n in names]
+
+
+def test_user_cache_table_is_found(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQPACK_CACHE", str(tmp_path))
+    path = select.table_path("Some GPU 9000")
+    assert path.parent == tmp_path and "some-gpu-9000" in path.name
+    path.write_text(json.dumps(table(entry(100, {"x": 1.0}), device="Some GPU 9000")))
+    try:
+        select.load_tables()
+        assert select.table_for("Some GPU 9000")["entries"][0]["ms"] == {"x": 1.0}
+    finally:
+        monkeypatch.delenv("SEQPACK_CACHE")
+        select.load_tables()
+    assert select.table_for("Some GPU 9000") is None
+
+
+def test_shipped_tables_are_valid_and_cpu_has_one():
+    files = [f for f in resources.files("seqpack").joinpath("calibration").iterdir() if f.name.endswith(".json")]
+    assert any(f.name == "cpu.json" for f in files)
+    for f in files:
+        t = json.loads(f.read_text())
+        assert t["schema"] == select.SCHEMA and t["device_match"] and t["entries"]
+        for e in t["entries"]:
+            assert e["mean_seqlen"] > 0 and e["mode"] in ("fwd", "fwd_bwd") and e["layout"] in ("rows", "1d")
+            assert all(ms > 0 for ms in e["ms"].values())
+    assert select.table_for("cpu") is not None
+
+
+def test_auto_follows_the_table(cpu_table):
+    b = DocBoundaries.from_lengths([30, 20, 14], 64)
+    q, k, v = (torch.randn(64, 2, 16) for _ in range(3))
+    cpu_table(table(entry(10, {"flex": 1.0, "sdpa_dense": 2.0}, mode="fwd")))
+    assert choose_backend(q, k, v, b) == "flex"
+    cpu_table(table(entry(10, {"flex": 3.0, "sdpa_dense": 2.0}, mode="fwd")))
+    assert choose_backend(q, k, v, b) == "sdpa_dense"
+    q.requires_grad_()  # flex has no CPU backward: auto must not pick it, whatever the table says
+    cpu_table(table(entry(10, {"flex": 1.0, "sdpa_dense": 2.0}, mode="fwd_bwd")))
+    assert choose_backend(q, k, v, b) == "sdpa_dense"
+
+
+class Fake(Backend):
+    def __init__(self, name):
+        self.name = name
+
+    def supports(self, req):
+        return None
+
+    def __call__(self, q, k, v, ctx, req, scale):
+        return torch.zeros_like(q)
+
+
+def test_auto_feature_is_measured_in_eager_mode_and_static_under_compile(cpu_table):
+    """prepare() measures mean tokens per segment; under compile only shapes count."""
+    for name in ("fake_short", "fake_long"):
+        register_backend(Fake(name))
+    try:
+        cpu_table(table(entry(4, {"fake_short": 1.0, "fake_long": 2.0}), entry(60, {"fake_short": 2.0, "fake_long": 1.0})))
+        b = DocBoundaries.from_lengths([60, 60], 120).static(40)  # 2 documents, 40 slots
+        ctx = prepare(b)
+        assert ctx.mean_seqlen == 60.0 and ctx.feature == 60.0
+        q, k, v = (torch.randn(120, 2, 16, requires_grad=True) for _ in range(3))
+        assert choose_backend(q, k, v, ctx) == "fake_long"
+        req = dataclasses.replace(api._request(q, k, v, ctx, True, None), compiling=True)
+        assert api._select(req, ctx, CPU).name == "fake_short"  # 120 tokens / 40 slots = 3
+    finally:
+        BACKENDS.pop("fake_short")
+        BACKENDS.pop("fake_long")
+
+
+def test_bench_writes_a_table_auto_then_uses(tmp_path, monkeypatch):
+    out = tmp_path / "table.json"
+    argv = ["bench", "attention", "--quick", "--device", "cpu", "--backends", "sdpa_dense,eager",
+            "--layouts", "1d", "--modes", "fwd_bwd", "--out", str(out)]
+    monkeypatch.setitem(select._USER, "cpu", None)  # restored after: register_table replaces it
+    assert cli.main(argv) == 0
+    t = json.loads(out.read_text())
+    assert t["device"] == "cpu" and t["config"]["tokens"] == 512
+    assert [e["median"] for e in t["entries"]] == [8, 32]
+    for e in t["entries"]:
+        assert set(e["ms"]) == {"sdpa_dense", "eager"} and e["docs"] > 1 and e["mean_seqlen"] > 1
+    assert select.table_for("cpu") == t
