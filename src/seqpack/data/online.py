@@ -117,7 +117,6 @@ class _Piece:
     tokens: np.ndarray  # the piece's tokens (a view)
     labels: np.ndarray | None  # the piece's label sources, None = tokens
     next_label: int  # label source of the token after the piece (-100 at the document end)
-    waited: int = 0  # steps spent in the buffer
 
 
 class _Reader:
@@ -331,7 +330,12 @@ class _Iterator:
         self.ds, self.worker, self.workers = ds, worker, workers
         self.counters = dict(docs=0, empty_docs=0, split_docs=0, truncated_docs=0, dropped_docs=0,
                              dropped_tokens=0)
-        self.step, self.epoch, self.buffer = 0, ds.epoch, []
+        self.step, self.epoch = 0, ds.epoch
+        # the buffer: pieces (object array, so that selecting them is one numpy call), their
+        # lengths and the steps each has waited
+        self.items = np.empty(0, object)
+        self.lens = np.zeros(0, np.int64)
+        self.waited = np.zeros(0, np.int64)
         pos = 0
         if state is not None:
             if state["workers_total"] != workers or state["worker"] != worker:
@@ -342,18 +346,18 @@ class _Iterator:
             self.counters.update(state["counters"])
         self.reader = _Reader(ds, self.epoch, pos)
         if state is not None:
-            self.buffer = self._restore(state["buffer"])
+            self._add(self._restore(state["buffer"]), np.asarray(state["buffer"]["waited"], np.int64))
             self.reader.exhausted = state["exhausted"]
         self.rows_total = ds.world_size * ds.batch_size
 
     # -- state
 
     def state(self) -> dict:
-        b = self.buffer
+        b = self.items.tolist()
         buf = {"doc": np.array([p.doc for p in b], np.int64), "start": np.array([p.start for p in b], np.int64),
                "stop": np.array([p.stop for p in b], np.int64),
                "next_label": np.array([p.next_label for p in b], np.int64),
-               "waited": np.array([p.waited for p in b], np.int64)}
+               "waited": self.waited.copy()}
         if self.ds._docs is None:  # a stream cannot be re-read at random: keep the tokens
             buf["tokens"] = np.concatenate([p.tokens for p in b]) if b else np.zeros(0, np.int64)
             if any(p.labels is not None for p in b):
@@ -364,22 +368,29 @@ class _Iterator:
                 "buffer": buf}
 
     def _restore(self, buf: dict) -> list[_Piece]:
-        doc, start, stop, nxt, waited = (np.asarray(buf[k]).tolist()
-                                          for k in ("doc", "start", "stop", "next_label", "waited"))
+        doc, start, stop, nxt = (np.asarray(buf[k]).tolist() for k in ("doc", "start", "stop", "next_label"))
         out = []
         if self.ds._docs is not None:
             d = self.ds._docs
-            for i, s, e, n, w in zip(doc, start, stop, nxt, waited):
+            for i, s, e, n in zip(doc, start, stop, nxt):
                 a = int(d.offsets[i])
                 out.append(_Piece(i, s, e, d.tokens[a + s:a + e],
-                                  None if d.labels is None else d.labels[a + s:a + e], n, w))
+                                  None if d.labels is None else d.labels[a + s:a + e], n))
             return out
         toks, labs, pos = np.asarray(buf["tokens"]), buf.get("labels"), 0
-        for i, s, e, n, w in zip(doc, start, stop, nxt, waited):
+        for i, s, e, n in zip(doc, start, stop, nxt):
             L = e - s
-            out.append(_Piece(i, s, e, toks[pos:pos + L], None if labs is None else np.asarray(labs)[pos:pos + L], n, w))
+            out.append(_Piece(i, s, e, toks[pos:pos + L], None if labs is None else np.asarray(labs)[pos:pos + L], n))
             pos += L
         return out
+
+    def _add(self, pieces: list, waited: np.ndarray) -> None:
+        items = np.empty(len(pieces), object)
+        items[:] = pieces
+        lens = np.fromiter((p.stop - p.start for p in pieces), np.int64, count=len(pieces))
+        self.items = np.concatenate([self.items, items])
+        self.lens = np.concatenate([self.lens, lens])
+        self.waited = np.concatenate([self.waited, waited])
 
     # -- iteration
 
@@ -404,25 +415,26 @@ class _Iterator:
         from seqpack.data import _kernels as K
 
         ds = self.ds
-        if len(self.buffer) < ds.buffer_size and not self.reader.exhausted:
-            self.buffer += self.reader.read(ds.buffer_size - len(self.buffer), self.counters)
-        if not self.buffer:
+        if self.lens.size < ds.buffer_size and not self.reader.exhausted:
+            new = self.reader.read(ds.buffer_size - self.lens.size, self.counters)
+            self._add(new, np.zeros(len(new), np.int64))
+        if not self.lens.size:
             return None
-        lengths = np.fromiter((p.stop - p.start for p in self.buffer), np.int64, count=len(self.buffer))
+        lengths = self.lens
         order = np.argsort(-lengths, kind="stable")  # longest first, older first among equals
         out_rank = np.full(lengths.size, -1, np.int64)
         out_row = np.full(lengths.size, -1, np.int64)
-        forced = np.fromiter((p.waited >= ds.max_wait for p in self.buffer), bool, count=lengths.size)
+        forced = self.waited >= ds.max_wait
         # a round may differ in attention cost by `balance` of what one rank gets per step
         tol = ds.balance * ds.batch_size * ds.capacity * float((lengths.astype(np.float64) ** 2).sum()) / float(lengths.sum())
         args = (ds.world_size, ds.batch_size, ds.capacity, ds.doc_budget, tol, out_rank, out_row)
         if K.fill_step(lengths, order, forced, *args) == 0:
             # only partnerless documents are left (the end of the stream): place them anyway
             K.fill_step(lengths, order, np.ones_like(forced), *args)
-        mine = [(int(out_row[i]), self.buffer[i]) for i in order.tolist() if out_rank[i] == ds.rank]
-        self.buffer = [p for p, r in zip(self.buffer, out_rank.tolist()) if r < 0]
-        for p in self.buffer:
-            p.waited += 1
+        sel = order[out_rank[order] == ds.rank]  # this rank's pieces in placement order
+        mine = list(zip(out_row[sel].tolist(), self.items[sel].tolist()))
+        keep = out_rank < 0
+        self.items, self.lens, self.waited = self.items[keep], self.lens[keep], self.waited[keep] + 1
         self.step += 1
         return mine
 
