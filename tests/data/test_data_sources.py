@@ -24,7 +24,7 @@ def test_parquet_reads_documents_and_skips_row_groups(tmp_path, small_docs):
     src = open_source(str(p))
     assert read_all(src) == [d.tolist() for d in small_docs]
     assert read_all(src, skip=100) == [d.tolist() for d in small_docs[100:]]
-    assert src.cheap_reread and src.num_rows() == len(small_docs)
+    assert src.num_rows() == len(small_docs)
 
 
 def test_parquet_labels_column(tmp_path):

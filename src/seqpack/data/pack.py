@@ -3,9 +3,9 @@
 The plan is global (every document can share a row with any other) while memory holds only
 per-document lengths and per-piece plan arrays, never the token set:
 
-1. **scan**: read the input once for the lengths. Inputs that cost a tokenizer run (text,
-   chats, one-shot iterators) are spilled to a flat temporary file as they are tokenized;
-   pre-tokenized Parquet is simply read again later.
+1. **scan**: read the input once (tokenizing text and chats) for the lengths, appending the
+   tokens to a flat spill file: reading it back costs a fraction of decoding Parquet or
+   tokenizing again, and one-shot iterators need it anyway.
 2. **plan**: `plan_packing` over the lengths (chats with ``overflow="split"`` are first cut
    at turn boundaries where possible).
 3. **scatter**: read the tokens again in input order and append every piece to the region
@@ -13,7 +13,8 @@ per-document lengths and per-piece plan arrays, never the token set:
    writes are sequential per group; nothing is memory-mapped, so the page cache, not the
    process, holds the data.
 4. **write**: for each group, read its region (bounded memory), put pieces in row order,
-   and append the rows to the Parquet file.
+   and append the rows to the Parquet file (or, for a directory output, to its shard; two
+   shards are encoded at a time, one per core).
 
 Everything goes to a temporary directory beside the output; the finished file is renamed
 into place last, so an interrupted run never leaves a file that looks complete, and a

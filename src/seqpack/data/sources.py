@@ -300,11 +300,9 @@ def _list_arrays(col) -> tuple[np.ndarray, np.ndarray]:
 
 
 class Source:
-    """Documents in a fixed order, read in chunks. Subclasses set ``name`` and ``cheap_reread``
-    (reading again costs about as much as reading spilled tokens: no tokenizer runs)."""
+    """Documents in a fixed order, read in chunks. Subclasses set ``name``."""
 
     name = "source"
-    cheap_reread = True
 
     def chunks(self, skip: int = 0) -> Iterator[DocChunk]:
         raise NotImplementedError
@@ -324,7 +322,6 @@ class DocumentsSource(Source):
         self.docs = docs
         self.name = name
         self.chunk_docs = chunk_docs
-        self.cheap_reread = True
 
     def chunks(self, skip: int = 0) -> Iterator[DocChunk]:
         d, n = self.docs, len(self.docs)
@@ -345,7 +342,8 @@ class IterableSource(Source):
     lists (chats) or dicts with ``input_ids`` (+ ``labels``), ``text`` or ``messages``.
 
     A sequence (list, tuple) or a zero-argument callable returning a fresh iterator can be
-    read again; a plain iterator or generator cannot, so `seqpack.data.pack` spills it.
+    read again; a plain iterator or generator only once (`seqpack pack` reads its input
+    once anyway; an online dataset over it lasts one epoch).
     """
 
     def __init__(self, items, *, column=None, tokenizer=None, mask_prompt=True, add_eos=True,
@@ -356,10 +354,6 @@ class IterableSource(Source):
         self.reiterable = callable(items) or (hasattr(items, "__len__") and hasattr(items, "__getitem__"))
         self.name = name or (f"iterable:{type(items).__name__}")
         self._used = False
-
-    @property
-    def cheap_reread(self) -> bool:
-        return self.reiterable and self.reader.mode in (None, "tokens")
 
     def _iter(self):
         if callable(self.items):
@@ -422,11 +416,6 @@ class ParquetSource(Source):
         self.batch_rows = batch_rows
         self.name = self.paths[0] if len(self.paths) == 1 else f"{self.paths[0]} (+{len(self.paths) - 1} files)"
         self._meta = None
-
-    @property
-    def cheap_reread(self) -> bool:
-        self._peek()
-        return self.reader.mode == "tokens"
 
     def _open(self, path: str):
         import pyarrow.parquet as pq
@@ -515,10 +504,6 @@ class JsonlSource(Source):
             if not os.path.exists(p):
                 raise FileNotFoundError(f"input file {p!r} does not exist")
 
-    @property
-    def cheap_reread(self) -> bool:
-        return False  # parsing JSON costs about as much as re-tokenizing small docs
-
     def _lines(self) -> Iterator[tuple[str, int, bytes]]:
         for path in self.paths:
             with open(path, "rb") as f:
@@ -573,13 +558,6 @@ class HFSource(Source):
         self.reader = _RowReader(column, tokenizer, mask_prompt, add_eos)
         self.batch_rows = batch_rows
         self.name = f"hf:{'streaming' if self.streaming else 'map'}"
-
-    @property
-    def cheap_reread(self) -> bool:
-        if self.streaming:
-            return False
-        self.reader.detect_arrow(self.ds.data.schema if hasattr(self.ds, "data") else None, self.name)
-        return self.reader.mode == "tokens"
 
     def chunks(self, skip: int = 0) -> Iterator[DocChunk]:
         import pyarrow as pa
