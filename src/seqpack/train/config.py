@@ -42,6 +42,7 @@ class TrainConfig:
     mode: str = "packed"             # packed | naive | padded
     layout: str = "1d"               # packed mode: 1d buffer or rows
     pad_batch: int = 8               # padded mode: documents per micro-batch
+    pad_multiple: int | None = None  # padded mode: pad to longest rounded to this; 0 = power of two; None = auto
     max_num_docs: int | None = None  # packed mode: static cu_seqlens size; None = from the plan
     strategy: str = "bfd"
     seed: int = 0
@@ -93,6 +94,8 @@ _HELP = {
     "mode": "packed (block-diagonal), naive (packed rows, cross-document attention), padded (one doc per row)",
     "layout": "packed mode: 1d buffer (varlen style) or rows",
     "pad_batch": "padded mode: documents per micro-batch",
+    "pad_multiple": "padded mode: pad each micro-batch to its longest document rounded up to this multiple; "
+                    "0 = power-of-two buckets (few shapes); default: 0 when compiled, 8 eager",
     "max_num_docs": "packed mode: fixed number of segments in cu_seqlens (static shapes)",
     "compile": "torch.compile(fullgraph=True, dynamic=False) of the whole model, of each block, or none",
     "dist": "distributed: none, ddp or fsdp (FSDP2); auto = ddp under torchrun",

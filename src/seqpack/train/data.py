@@ -17,7 +17,8 @@ Notable:
     naive   the same rows with plain causal attention over the row: documents see each
             other (the "wrong but fast" baseline);
     padded  one document piece per row, ``pad_batch`` rows per micro-batch, each padded
-            to its longest piece rounded up to a power of two (a handful of static shapes).
+            to its longest piece rounded up to a power of two (a handful of static shapes
+            for the compiled model) or, eager, to a multiple of ``pad_multiple``.
 - Every step reports the counts the trainer logs: useful (real) tokens, label tokens,
   computed token slots (fill = useful / slots), documents and rows, and the piece lengths
   (for the attention FLOPs).
@@ -77,15 +78,19 @@ class StepBatch:
 # small pure helpers
 
 
-def bucket_length(n: int, capacity: int, minimum: int = 16) -> int:
-    """Smallest power of two >= n (at least ``minimum``), capped at ``capacity``."""
+def bucket_length(n: int, capacity: int, minimum: int = 16, multiple: int = 0) -> int:
+    """Padded row length for a longest piece of ``n`` tokens, capped at ``capacity``:
+    the smallest power of two >= n (at least ``minimum``; few shapes, for torch.compile),
+    or with ``multiple > 0`` n rounded up to that multiple (pad to longest, eager)."""
+    if multiple > 0:
+        return min(capacity, _round_up(max(int(n), 1), multiple))
     return min(capacity, max(minimum, 1 << max(int(n) - 1, 0).bit_length()))
 
 
 def pad_pieces(rows_ids: torch.Tensor, rows_labels: torch.Tensor, b: DocBoundaries, *,
-               pad_batch: int, capacity: int, pad_token_id: int = 0):
+               pad_batch: int, capacity: int, pad_multiple: int = 0, pad_token_id: int = 0):
     """Cut every document piece out of a rows batch into its own row, ``pad_batch`` rows
-    per micro-batch, each padded (ids ``pad_token_id``, labels -100) to a bucket length.
+    per micro-batch, each padded (ids ``pad_token_id``, labels -100) to `bucket_length`.
 
     The last micro-batch is filled up with empty rows so that every micro-batch has
     ``pad_batch`` rows (static shapes). Returns ``(micro_batches, slots)``.
@@ -97,7 +102,7 @@ def pad_pieces(rows_ids: torch.Tensor, rows_labels: torch.Tensor, b: DocBoundari
     micro, slots = [], 0
     for lo in range(0, len(pieces), pad_batch):
         group = pieces[lo:lo + pad_batch]
-        L = bucket_length(max(e - s for s, e in group), capacity)
+        L = bucket_length(max(e - s for s, e in group), capacity, multiple=pad_multiple)
         x = torch.full((pad_batch, L), pad_token_id, dtype=ids.dtype)
         y = torch.full((pad_batch, L), IGNORE_INDEX, dtype=labels.dtype)
         for r, (s, e) in enumerate(group):
@@ -125,6 +130,8 @@ class PackedLoader:
         layout: packed mode only: "1d" (one buffer) or "rows".
         rows_per_micro: rows per micro-batch on each rank (packed/naive); None = all.
         pad_batch: padded mode: document pieces per micro-batch.
+        pad_multiple: padded mode: 0 pads rows to a power of two (few shapes: for
+            torch.compile); n > 0 pads to the longest piece rounded up to n (eager).
         max_num_docs: packed mode: fixed ``cu_seqlens`` size (segments); None = the most
             any micro-batch of the first epoch needs, rounded up to a multiple of 16. A
             later batch that needs more grows it (one recompile, with a warning).
@@ -133,7 +140,7 @@ class PackedLoader:
     """
 
     def __init__(self, docs: Documents, *, capacity: int, rows_per_step: int, mode: str = "packed",
-                 layout: str = "1d", rows_per_micro: int | None = None, pad_batch: int = 8,
+                 layout: str = "1d", rows_per_micro: int | None = None, pad_batch: int = 8, pad_multiple: int = 0,
                  max_num_docs: int | None = None, seed: int = 0, strategy: str = "bfd",
                  rank: int = 0, world: int = 1, plan=None):
         from seqpack.plan import plan_packing
@@ -152,7 +159,7 @@ class PackedLoader:
         if self.local_rows % self.rows_per_micro:
             raise ValueError(f"rows per rank ({self.local_rows}) must be a multiple of rows_per_micro "
                              f"({self.rows_per_micro})")
-        self.pad_batch, self.seed = int(pad_batch), int(seed)
+        self.pad_batch, self.pad_multiple, self.seed = int(pad_batch), int(pad_multiple), int(seed)
         self.plan = plan if plan is not None else plan_packing(
             docs.lengths, self.capacity, strategy=strategy, overflow="split", seed=seed)
         self.steps_per_epoch = self.plan.num_bins // self.rows_per_step
@@ -233,7 +240,8 @@ class PackedLoader:
                     slots += rows.input_ids.numel()
                 else:
                     mbs, s = pad_pieces(rows.input_ids, rows.labels, rows.boundaries,
-                                        pad_batch=self.pad_batch, capacity=self.capacity)
+                                        pad_batch=self.pad_batch, capacity=self.capacity,
+                                        pad_multiple=self.pad_multiple)
                     micro.extend(mbs)
                     slots += s
         for mb in micro:

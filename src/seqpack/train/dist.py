@@ -56,6 +56,8 @@ def init_distributed(kind: str, device: str) -> tuple[DistInfo, torch.device]:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if kind == "none":
+        return DistInfo("none", 0, 1, local_rank), dev  # this process trains alone, whatever runs beside it
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(kind, rank, world, local_rank), dev

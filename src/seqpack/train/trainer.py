@@ -119,6 +119,7 @@ class Trainer:
         self.num_params = self.model.num_params()
         self.loader = PackedLoader(docs, capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode,
                                    layout=cfg.layout, rows_per_micro=cfg.rows_per_micro, pad_batch=cfg.pad_batch,
+                                   pad_multiple=self._pad_multiple(),
                                    max_num_docs=cfg.max_num_docs, seed=cfg.seed, strategy=cfg.strategy,
                                    rank=self.dist.rank, world=self.dist.world, plan=plan)
         self.forward = self._wrap_model()
@@ -131,6 +132,13 @@ class Trainer:
             self.load(self._resolve_resume(cfg.resume))
 
     # ------------------------------------------------------------------ set-up
+
+    def _pad_multiple(self) -> int:
+        """Padded rows: power-of-two lengths when compiled (each shape compiles once), else
+        the longest document of the micro-batch rounded up to 8 (HF's pad_to_multiple_of)."""
+        if self.cfg.pad_multiple is not None:
+            return self.cfg.pad_multiple
+        return 0 if self._compile_kind() != "none" else 8
 
     def _compile_kind(self) -> str:
         kind = self.cfg.compile

@@ -1,0 +1,564 @@
+"""``seqpack bench train``: a whole training step, padded vs naive vs packed per backend.
+
+REFERENCE.md section 3 on one GPU: the 304M GPT (16 layers, d=1024, 8 heads of 128, vocab
+50304), 32K tokens per step (8 rows of 4,096), bf16 autocast, torch.compile, fused AdamW,
+document lengths log-normal (sigma 0.8) around a median of 400 ("sft": ~56 documents per
+step) and 150 ("short": ~160), random token ids. Every configuration trains on the same
+steps (same documents, same labels):
+
+    packed auto       1D buffer, block-diagonal, backend="auto"
+    packed <backend>  the same with each attention backend that can run the call
+    naive             the same rows (8 x 4,096), plain causal attention per row
+    padded            one document per row, 8 per micro-batch, padded to a power of two,
+                      gradients accumulated over the micro-batches of the step
+
+MFU = (6 x params x useful tokens + causal attention FLOPs within documents) / time / peak,
+peak 989 TFLOP/s for H100/H200 bf16 dense (``--peak-tflops`` to override); useful tokens
+are real document tokens (padding and cross-document attention are not counted).
+
+Notable:
+- One model and optimizer for every configuration; ``--compile blocks`` by default: each
+  transformer block and the head+loss are compiled on their own (fullgraph=True,
+  dynamic=False), so a new shape or backend costs one block's compile, not sixteen
+  (``--compile model``: the whole model as one graph). ``max_num_docs`` is set per
+  distribution (its most crowded step, rounded up to 32): tight for varlen kernels, and
+  auto, which under torch.compile sees only shapes, can tell the distributions apart.
+- Each configuration is its own try/except: a backend that fails is reported, not fatal.
+  A time budget (``--budget-s``) skips what is left when it runs out, saying so.
+- ``--profile``: torch.profiler over a few steps of the best packed configuration, top
+  kernels and the time split into attention / matmul / loss / optimizer / other.
+- ``--ddp`` under torchrun: each GPU alone, then DDP over all; scaling = DDP useful
+  tokens/s / (GPUs x one GPU's).
+- Results go to stdout and, as JSON, to ``--json`` or ``$OUT/bench_train.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DISTRIBUTIONS", "synthetic_documents", "add_arguments", "run", "categorize_kernel"]
+
+# REFERENCE.md section 3: SFT-like median ~400 tokens, short ~150; log-normal, sigma 0.8
+# (as `seqpack bench attention`).
+DISTRIBUTIONS = {"sft": 400, "short": 150}
+SIGMA = 0.8
+SLOW_BACKENDS = ("sdpa_dense", "sdpa_njt")  # O(L x max_seqlen) or eager-only: run last
+SKIP_BACKENDS = ("eager",)                   # the reference implementation: far too slow at 32K
+
+
+def synthetic_documents(median: float, tokens: int, capacity: int, vocab: int, seed: int):
+    """Random-token documents, lengths log-normal around ``median`` clipped to [1, capacity],
+    about ``tokens`` tokens in all."""
+    from seqpack.batch import Documents
+
+    rng = np.random.default_rng(seed)
+    n = int(tokens / (median * math.exp(SIGMA ** 2 / 2))) + 16
+    lengths = np.clip(np.round(np.exp(rng.normal(math.log(median), SIGMA, n))), 1, capacity).astype(np.int64)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return Documents(rng.integers(0, vocab, int(offsets[-1]), dtype=np.int32), offsets)
+
+
+def categorize_kernel(name: str) -> str:
+    """attention / matmul / loss / optimizer / comm / other, from a kernel or op name."""
+    n = name.lower()
+    if any(k in n for k in ("nccl", "allreduce", "all_reduce", "reduce_scatter", "allgather")):
+        return "comm"
+    if any(k in n for k in ("flash", "fmha", "attention", "flex", "varlen", "sdpa", "_efficient_attention",
+                            "cutlass_fwd", "cutlass_bwd")):
+        return "attention"
+    if any(k in n for k in ("adam", "multi_tensor", "foreach", "_fused_sgd", "clip_grad")):
+        return "optimizer"
+    if any(k in n for k in ("log_softmax", "logsumexp", "nll_loss", "cross_entropy", "softmax_backward")):
+        return "loss"
+    if any(k in n for k in ("gemm", "matmul", "aten::mm", "aten::addmm", "aten::bmm", "cublas", "nvjet", "xmma",
+                            "sm90_", "sm80_", "sm100_", "cutlass", "triton_tem", "mm_", "_mm")):
+        return "matmul"
+    return "other"
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--tiny", action="store_true",
+                   help="a tiny model and 1K-token steps (CPU smoke test of the whole benchmark)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--preset", default=None, help="model preset (default 304M, tiny with --tiny)")
+    p.add_argument("--capacity", type=int, default=None, help="tokens per row (default 4096; 256 with --tiny)")
+    p.add_argument("--rows", type=int, default=8, help="rows per step (tokens per step = rows x capacity)")
+    p.add_argument("--dists", default="sft,short", help="comma-separated: " + ", ".join(DISTRIBUTIONS))
+    p.add_argument("--backends", default=None,
+                   help="comma-separated attention backends for packed (default: every one that can run "
+                        "the call, eager excluded)")
+    p.add_argument("--modes", default="auto,backends,naive,padded",
+                   help="which configurations, in order: auto, backends, naive, padded")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--compile", default=None, choices=("none", "model", "blocks"),
+                   help="default: blocks on CUDA, none on CPU")
+    p.add_argument("--loss-chunk", type=int, default=0, help="fused head+CE chunk size (0: plain logits)")
+    p.add_argument("--compare-loss-chunk", type=int, default=8192,
+                   help="also time the best packed config with this loss chunk (0: skip)")
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--budget-s", type=float, default=450.0, help="skip configurations once this much time is spent")
+    p.add_argument("--profile", type=int, default=1, help="profile the best packed configuration (1) or not (0)")
+    p.add_argument("--ddp", action="store_true", help="under torchrun: one GPU alone, then DDP over all")
+    p.add_argument("--json", default=None, help="write results here (default: $OUT/bench_train.json if $OUT is set)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _defaults(args):
+    tiny = args.tiny
+    args.preset = args.preset or ("tiny" if tiny else "304M")
+    args.capacity = args.capacity or (256 if tiny else 4096)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.compile is None:
+        args.compile = "blocks" if args.device.startswith("cuda") else "none"
+    return args
+
+
+class Bench:
+    """One Trainer (model, compiled forward, optimizer) and precollated steps per (dist, mode)."""
+
+    def __init__(self, args):
+        from seqpack.train.config import TrainConfig
+        from seqpack.train.trainer import Trainer
+
+        self.args = args
+        self.t0 = time.perf_counter()
+        vocab = 512 if args.tiny else 50257
+        world = int(os.environ.get("WORLD_SIZE", "1")) if args.ddp else 1
+        self.rows = args.rows * world  # DDP: every GPU gets args.rows rows (weak scaling)
+        self.steps_needed = args.warmup + args.steps
+        tokens_per_step = self.rows * args.capacity
+        scale = args.capacity / 4096 if args.tiny else 1.0
+        self.dists = [d.strip() for d in args.dists.split(",") if d.strip()]
+        self.docs = {d: synthetic_documents(max(DISTRIBUTIONS[d] * scale, 2), tokens_per_step * (self.steps_needed + 2),
+                                            args.capacity, vocab, args.seed + i) for i, d in enumerate(self.dists)}
+        from seqpack.plan import plan_packing
+
+        self.plans = {d: plan_packing(self.docs[d].lengths, args.capacity, strategy="bfd", seed=args.seed)
+                      for d in self.dists}
+        self.max_num_docs = {d: self._max_num_docs(d) for d in self.dists}
+        self.cfg = TrainConfig(preset=args.preset, capacity=args.capacity, rows_per_step=self.rows,
+                               steps=10 ** 6, warmup_steps=1, lr=1e-4, device=args.device, compile=args.compile,
+                               dist="ddp" if args.ddp else "none", progress=False, save=False,
+                               loss_chunk=args.loss_chunk, peak_tflops=args.peak_tflops, out="/tmp/seqpack-bench",
+                               pad_multiple=0 if args.compile != "none" else 8)
+        first = self.dists[0]
+        self.trainer = Trainer(self.cfg.replace(max_num_docs=self.max_num_docs[first]), docs=self.docs[first],
+                               vocab_size=vocab, plan=self.plans[first])
+        self.batches: dict = {}
+
+    def _max_num_docs(self, dist: str) -> int:
+        """Static cu_seqlens size for a distribution: its most crowded micro-batch, rounded up
+        to 32. Tight, so varlen kernels launch few empty segments, and different per
+        distribution, so auto (which under torch.compile sees only shapes) can tell them apart."""
+        per_bin = self.plans[dist].docs_per_bin() + 1
+        n = min(self.steps_needed, self.plans[dist].num_bins // self.rows) * self.rows
+        world = self.rows // self.args.rows
+        most = int(per_bin[:n].reshape(-1, self.rows // world).sum(axis=1).max())
+        return -(-most // 32) * 32
+
+    def steps(self, dist: str, mode: str) -> list:
+        from seqpack.train.data import PackedLoader
+
+        key = (dist, mode)
+        if key not in self.batches:
+            tr = self.trainer
+            ld = PackedLoader(self.docs[dist], capacity=self.args.capacity, rows_per_step=self.rows, mode=mode,
+                              max_num_docs=self.max_num_docs[dist], plan=self.plans[dist],
+                              pad_multiple=tr.loader.pad_multiple, rank=tr.dist.rank, world=tr.dist.world)
+            n = min(self.steps_needed, ld.steps_per_epoch)
+            self.batches[key] = [ld.make_step(0, i) for i in range(n)]
+        return self.batches[key]
+
+    def set_backend(self, name: str) -> None:
+        tr = self.trainer
+        tr.model_config.attn_backend = name
+        for block in tr.model.blocks:
+            block.attn.backend = name
+
+    def set_loss_chunk(self, chunk: int) -> None:
+        self.trainer.model_config.loss_chunk = chunk
+        self.trainer.model.config.loss_chunk = chunk
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def time_config(self, dist: str, mode: str) -> dict:
+        """Warm-up steps, then timed steps; useful tokens/s, MFU, fill, step time."""
+        from seqpack.train.metrics import step_flops
+
+        tr = self.trainer
+        steps = self.steps(dist, mode)
+        cuda = tr.device.type == "cuda"
+        t_start = time.perf_counter()
+        for b in steps[: self.args.warmup]:
+            loss = tr.train_step(b)
+        if cuda:
+            torch.cuda.synchronize()
+        warm_s = time.perf_counter() - t_start
+        timed = steps[self.args.warmup:] or steps[-1:]
+        t0 = time.perf_counter()
+        for b in timed:
+            loss = tr.train_step(b)
+        if cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        world = tr.dist.world  # each rank's steps hold 1 / world of the rows
+        useful = sum(b.useful_tokens for b in timed) * world
+        slots = sum(b.slots for b in timed) * world
+        flops = sum(step_flops(tr.num_params, b.useful_tokens, b.piece_lengths, tr.model_config) for b in timed) * world
+        peak = tr.peak
+        docs = sum(b.docs for b in timed) / len(timed) * world
+        return dict(tok_s=useful / dt, mfu=flops / dt / (peak * world) if peak else None, fill=useful / max(slots, 1),
+                    step_ms=1000 * dt / len(timed), docs_per_step=docs, warmup_s=warm_s, loss=float(loss),
+                    steps=len(timed), micro_per_step=sum(len(b.micro) for b in timed) / len(timed))
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def _candidate_backends(bench: Bench) -> list[str]:
+    """Backends that can run the model's attention call on this device (packed 1D, grad)."""
+    from seqpack.attention import backend_support
+    from seqpack.boundaries import DocBoundaries
+
+    tr = bench.trainer
+    mc = tr.model_config
+    dtype = torch.bfloat16 if tr.use_bf16 else torch.float32
+    T = bench.args.rows * bench.args.capacity
+    b = DocBoundaries.from_lengths([bench.args.capacity] * bench.args.rows, max_seqlen=bench.args.capacity).static(
+        bench.max_num_docs[bench.dists[0]], bench.args.capacity).to(tr.device)
+    q = torch.zeros(T, mc.n_head, mc.head_dim, device=tr.device, dtype=dtype, requires_grad=True)
+    k = torch.zeros(T, mc.n_kv_head, mc.head_dim, device=tr.device, dtype=dtype, requires_grad=True)
+    support = backend_support(q, k, k, b)
+    ok = [n for n, why in support.items() if why is None and n not in SKIP_BACKENDS]
+    skipped = {n: why for n, why in support.items() if why is not None}
+    fast = [n for n in ok if n not in SLOW_BACKENDS]
+    slow = [n for n in ok if n in SLOW_BACKENDS]
+    return fast, slow, skipped
+
+
+def _row(dist, label, r) -> str:
+    if "error" in r:
+        return f"  {dist:<6} {label:<24} {r['error'][:90]}"
+    mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") is not None else "    -"
+    return (f"  {dist:<6} {label:<24} {r['tok_s']:>12,.0f} {mfu:>7} {r['fill'] * 100:>6.1f}% "
+            f"{r['step_ms']:>9.1f} {r['docs_per_step']:>7.1f} {r['warmup_s']:>8.1f}")
+
+
+HEADER = (f"  {'dist':<6} {'config':<24} {'useful tok/s':>12} {'MFU':>7} {'fill':>7} {'step ms':>9} "
+          f"{'docs':>7} {'warm-up s':>8}")
+
+
+def run_configs(bench: Bench, log) -> dict:
+    args = bench.args
+    want = [m.strip() for m in args.modes.split(",")]
+    fast, slow, skipped = _candidate_backends(bench)
+    if args.backends:
+        chosen = [b.strip() for b in args.backends.split(",") if b.strip()]
+        fast, slow = [b for b in chosen if b not in SLOW_BACKENDS], [b for b in chosen if b in SLOW_BACKENDS]
+    log(f"attention backends: run {', '.join(fast + slow) or 'none'}; cannot run here: "
+        + "; ".join(f"{n} ({why})" for n, why in skipped.items()))
+    from seqpack.attention import choose_backend  # noqa: F401  (imported early: fail loudly if missing)
+
+    plan = []  # (label, mode, backend)
+    if "auto" in want:
+        plan.append(("packed auto", "packed", "auto"))
+    if "backends" in want:
+        plan += [(f"packed {b}", "packed", b) for b in fast]
+    if "naive" in want:
+        plan.append(("naive", "naive", "auto"))
+    if "padded" in want:
+        plan.append(("padded", "padded", "auto"))
+    if "backends" in want:
+        plan += [(f"packed {b}", "packed", b) for b in slow]
+
+    results: dict = {d: {} for d in bench.dists}
+    log(HEADER)
+    for label, mode, backend in plan:
+        for dist in bench.dists:
+            if bench.elapsed() > args.budget_s:
+                results[dist][label] = {"error": f"skipped: time budget of {args.budget_s:.0f} s spent"}
+                log(_row(dist, label, results[dist][label]))
+                continue
+            try:
+                bench.set_backend(backend)
+                r = bench.time_config(dist, mode)
+                r.update(mode=mode, backend=backend)
+                if mode == "packed" and backend == "auto":
+                    r["auto_picks"] = _auto_choice(bench, dist)
+            except Exception as e:  # one failing configuration must not end the benchmark
+                r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                     "trace": traceback.format_exc()[-2000:], "mode": mode, "backend": backend}
+                if bench.trainer.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            results[dist][label] = r
+            log(_row(dist, label, r) + (f"  (auto -> {r['auto_picks']})" if r.get("auto_picks") else ""))
+    bench.set_backend("auto")
+    return results
+
+
+def _auto_choice(bench: Bench, dist: str) -> str | None:
+    """The backend auto picks for this distribution's first packed micro-batch, as the
+    compiled model sees it (static shapes)."""
+    try:
+        from seqpack.attention.api import _context, _request, _select
+
+        tr = bench.trainer
+        mc = tr.model_config
+        mb = bench.steps(dist, "packed")[0].micro[0]
+        b = mb.boundaries.to(tr.device)
+        dtype = torch.bfloat16 if tr.use_bf16 else torch.float32
+        q = torch.zeros(b.numel, mc.n_head, mc.head_dim, device=tr.device, dtype=dtype, requires_grad=True)
+        k = torch.zeros(b.numel, mc.n_kv_head, mc.head_dim, device=tr.device, dtype=dtype, requires_grad=True)
+        ctx = _context(b, q)
+        req = _request(q, k, k, ctx, True, None)
+        if bench.args.compile != "none":
+            import dataclasses
+
+            req = dataclasses.replace(req, compiling=True)
+        return _select(req, ctx, q.device).name
+    except Exception:
+        return None
+
+
+def summarize(results: dict, log) -> dict:
+    """The issue's bars per distribution: auto vs best backend, vs padded, vs naive."""
+    verdict = {}
+    for dist, rs in results.items():
+        ok = {k: v for k, v in rs.items() if "tok_s" in v}
+        auto = ok.get("packed auto", {}).get("tok_s")
+        backends = {k: v["tok_s"] for k, v in ok.items() if k.startswith("packed ") and k != "packed auto"
+                    and "loss chunk" not in k}
+        best_name = max(backends, key=backends.get) if backends else None
+        v = {"auto": auto, "best_backend": best_name, "best_backend_tok_s": backends.get(best_name)}
+        lines = []
+        for name, ref, bar in (("best single backend", backends.get(best_name), 1.0),
+                               ("padded", ok.get("padded", {}).get("tok_s"), 3.5),
+                               ("naive", ok.get("naive", {}).get("tok_s"), 1.1)):
+            if auto and ref:
+                ratio = auto / ref
+                v[f"vs_{name.split()[0]}"] = ratio
+                lines.append(f"{ratio:.2f}x {name}{f' ({best_name})' if name.startswith('best') else ''} "
+                             f"[bar {bar}x: {'PASS' if ratio >= bar else 'FAIL'}]")
+        mfu = ok.get("packed auto", {}).get("mfu")
+        if mfu is not None:
+            lines.append(f"MFU {100 * mfu:.1f}% [bar 55%: {'PASS' if mfu >= 0.55 else 'FAIL'}]")
+        log(f"  {dist}: packed auto " + ("; ".join(lines) if lines else "(no comparison available)"))
+        verdict[dist] = v
+    return verdict
+
+
+def profile_best(bench: Bench, results: dict, log) -> dict | None:
+    """torch.profiler over a few steps of the fastest packed configuration."""
+    from torch.profiler import ProfilerActivity, profile
+
+    best = None
+    for dist, rs in results.items():
+        for label, r in rs.items():
+            if label.startswith("packed") and "tok_s" in r and (best is None or r["tok_s"] > best[2]["tok_s"]):
+                best = (dist, label, r)
+    if best is None:
+        return None
+    dist, label, r = best
+    bench.set_backend(r["backend"])
+    bench.set_loss_chunk(r.get("loss_chunk", bench.args.loss_chunk))
+    tr = bench.trainer
+    steps = bench.steps(dist, "packed")
+    cuda = tr.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    n = min(3, len(steps))
+    for b in steps[:1]:
+        tr.train_step(b)  # warm (already compiled)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for b in steps[:n]:
+            tr.train_step(b)
+        if cuda:
+            torch.cuda.synchronize()
+    wall_ms = 1000 * (time.perf_counter() - t0) / n
+    events = prof.key_averages()
+
+    def dev_time(e):
+        for attr in ("self_device_time_total", "self_cuda_time_total"):
+            if hasattr(e, attr):
+                return getattr(e, attr)
+        return 0.0
+
+    if cuda:
+        timed = [(e.key, dev_time(e)) for e in events if dev_time(e) > 0]
+    else:
+        timed = [(e.key, e.self_cpu_time_total) for e in events if e.key.startswith("aten::") or "Optimizer" in e.key]
+    total = sum(t for _, t in timed) or 1.0
+    cats: dict = {}
+    for key, t in timed:
+        c = categorize_kernel(key)
+        cats[c] = cats.get(c, 0.0) + t
+    log(f"\nprofile: {label} on {dist}, {n} steps; {'GPU kernel' if cuda else 'CPU op'} time per step "
+        f"{total / n / 1000:.1f} ms of {wall_ms:.1f} ms wall")
+    for c in sorted(cats, key=cats.get, reverse=True):
+        log(f"  {c:<10} {cats[c] / n / 1000:8.2f} ms  {100 * cats[c] / total:5.1f}%")
+    top = sorted(timed, key=lambda kv: -kv[1])[:25]
+    log("  top kernels (ms per step, category):")
+    for key, t in top:
+        log(f"    {t / n / 1000:8.3f}  {categorize_kernel(key):<9}  {key[:110]}")
+    return dict(config=label, dist=dist, steps=n, wall_ms_per_step=wall_ms, busy_ms_per_step=total / n / 1000,
+                categories_ms={c: v / n / 1000 for c, v in cats.items()},
+                top=[dict(name=k, ms=t / n / 1000, category=categorize_kernel(k)) for k, t in top])
+
+
+def run_ddp(args, log) -> dict:
+    """Under torchrun: packed auto on each GPU alone, then with DDP; scaling of useful tokens/s."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 2:
+        raise SystemExit("--ddp needs torchrun with 2+ processes: torchrun --nproc_per_node 2 -m seqpack.cli "
+                         "bench train --ddp")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank()
+    dist_name = [d.strip() for d in args.dists.split(",") if d.strip()][0]
+    out = {}
+    for phase in ("single", "ddp"):
+        args.ddp = phase == "ddp"
+        args.dists = dist_name
+        bench = Bench(args)
+        dist.barrier()
+        r = bench.time_config(dist_name, "packed")
+        # single: every rank measured its own GPU; ddp: time_config already counts all ranks
+        t = torch.tensor([r["tok_s"]], dtype=torch.float64, device=bench.trainer.device)
+        dist.all_reduce(t)
+        out[phase] = dict(r, tok_s_all=float(t) / (world if phase == "ddp" else 1))
+        if rank == 0:
+            log(f"  {phase:<6} {out[phase]['tok_s_all']:>12,.0f} useful tok/s over {world if phase == 'ddp' else 1}"
+                f"{' GPU' if phase == 'single' else ' GPUs'} x {'1' if phase == 'ddp' else world} "
+                f"(step {r['step_ms']:.1f} ms)")
+        del bench
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    one = out["single"]["tok_s_all"] / world  # mean over the GPUs that each ran alone
+    scaling = out["ddp"]["tok_s_all"] / (world * one)
+    if rank == 0:
+        log(f"DDP scaling on {world} GPUs: {out['ddp']['tok_s_all']:,.0f} vs {world} x {one:,.0f} = "
+            f"{100 * scaling:.1f}% [bar 90%: {'PASS' if scaling >= 0.9 else 'FAIL'}]")
+    dist.destroy_process_group()
+    return dict(world=world, one_gpu_tok_s=one, ddp_tok_s=out["ddp"]["tok_s_all"], scaling=scaling, phases=out,
+                rank=rank)
+
+
+def _environment(device: str) -> dict:
+    env = dict(torch=torch.__version__, device=device)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        try:
+            import triton
+
+            env["triton"] = triton.__version__
+        except ImportError:
+            pass
+    try:
+        import subprocess
+
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent).stdout.strip()
+    except Exception:
+        pass
+    return env
+
+
+def run(args) -> int:
+    args = _defaults(args)
+    lines: list[str] = []
+
+    def log(msg: str = "") -> None:
+        print(msg, flush=True)
+        lines.append(msg)
+
+    env = _environment(args.device)
+    log(f"seqpack bench train: {env}")
+    if args.ddp:
+        res = {"ddp": run_ddp(args, log), "env": env}
+        if res["ddp"]["rank"] != 0:
+            return 0
+    else:
+        bench = Bench(args)
+        tr = bench.trainer
+        mc = tr.model_config
+        log(f"model {args.preset}: {tr.num_params / 1e6:.1f}M parameters ({mc.n_layer} layers, d={mc.n_embd}, "
+            f"{mc.n_head} heads of {mc.head_dim}, vocab {mc.vocab_size}); {args.rows} x {args.capacity} tokens per step; "
+            f"{'bf16 autocast' if tr.use_bf16 else 'fp32'}; compile {args.compile}; "
+            f"{'fused' if tr.device.type == 'cuda' else 'foreach'} AdamW; max_num_docs {bench.max_num_docs}; "
+            f"peak {tr.peak / 1e12 if tr.peak else '-'} TFLOP/s")
+        log("MFU = (6 x params x useful tokens + causal attention FLOPs within documents) / time / peak; "
+            "attention FLOPs = 12 x heads x head_dim x sum over documents of n(n+1)/2, per layer")
+        log(f"set-up {bench.elapsed():.1f} s; {args.warmup} warm-up + {args.steps} timed steps per configuration")
+        results = run_configs(bench, log)
+        if args.compare_loss_chunk and args.loss_chunk != args.compare_loss_chunk:
+            _compare_loss_chunk(bench, results, log)
+        log("\nbars (issue 6):")
+        verdict = summarize(results, log)
+        prof = None
+        if args.profile and bench.elapsed() < args.budget_s + 60:
+            try:
+                prof = profile_best(bench, results, log)
+            except Exception as e:
+                log(f"profile failed: {type(e).__name__}: {e}")
+        log(f"\ntotal {bench.elapsed():.0f} s")
+        res = {"env": env, "args": vars(args), "params": tr.num_params, "max_num_docs": bench.max_num_docs,
+               "results": results, "verdict": verdict, "profile": prof}
+    path = args.json or (os.path.join(os.environ["OUT"], "bench_train.json") if os.environ.get("OUT") else None)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        res["log"] = lines
+        Path(path).write_text(json.dumps(res, indent=1, default=str))
+        print(f"wrote {path}")
+    return 0
+
+
+def _compare_loss_chunk(bench: Bench, results: dict, log) -> None:
+    """The fastest packed configuration again with the fused chunked head + cross-entropy."""
+    args = bench.args
+    best = {}
+    for dist, rs in results.items():
+        cands = {k: v for k, v in rs.items() if k.startswith("packed") and "tok_s" in v}
+        if cands:
+            best[dist] = max(cands, key=lambda k: cands[k]["tok_s"])
+    if not best:
+        return
+    label0 = best[bench.dists[0]]
+    backend = results[bench.dists[0]][label0]["backend"]
+    label = f"{label0} + loss chunk {args.compare_loss_chunk}"
+    bench.set_loss_chunk(args.compare_loss_chunk)
+    for dist in bench.dists:
+        if bench.elapsed() > args.budget_s:
+            results[dist][label] = {"error": "skipped: time budget spent"}
+            log(_row(dist, label, results[dist][label]))
+            continue
+        try:
+            bench.set_backend(backend)
+            r = bench.time_config(dist, "packed")
+            r.update(mode="packed", backend=backend, loss_chunk=args.compare_loss_chunk)
+        except Exception as e:
+            r = {"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:]}
+        results[dist][label] = r
+        log(_row(dist, label, r))
+    bench.set_loss_chunk(args.loss_chunk)
+    bench.set_backend("auto")
