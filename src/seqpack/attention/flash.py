@@ -145,36 +145,39 @@ def _none_if_negative(x: int):
     return None if x < 0 else x
 
 
-def _define_fa4_ops():
-    Tensor = torch.Tensor
-
-    @torch.library.custom_op("seqpack::fa4_varlen_fwd", mutates_args=(), device_types="cuda")
-    def fa4_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float,
-                causal: bool, window_left: int, window_right: int) -> tuple[Tensor, Tensor]:
-        res = _FA4_FWD(q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
-                       max_seqlen_k=max_seqlen, softmax_scale=scale, causal=causal,
-                       window_size_left=_none_if_negative(window_left),
-                       window_size_right=_none_if_negative(window_right), return_lse=True)
+def define_fa4_ops(fa_fwd, fa_bwd, namespace: str = "seqpack", device_types: str = "cuda"):
+    """Register ``fa_fwd``/``fa_bwd`` (FA4's ``_flash_attn_fwd``/``_bwd`` signatures) as custom
+    ops with fake impls and autograd; return the forward op ``(q, k, v, cu_seqlens, max_seqlen,
+    scale, causal, window_left, window_right) -> (out, lse)``. Tests register stand-ins."""
+    # Annotations name torch.Tensor: with `from __future__ import annotations` they are strings
+    # that infer_schema resolves at module scope.
+    @torch.library.custom_op(f"{namespace}::fa4_varlen_fwd", mutates_args=(), device_types=device_types)
+    def fa4_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                scale: float, causal: bool, window_left: int, window_right: int) -> tuple[torch.Tensor, torch.Tensor]:
+        res = fa_fwd(q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen,
+                     max_seqlen_k=max_seqlen, softmax_scale=scale, causal=causal,
+                     window_size_left=_none_if_negative(window_left),
+                     window_size_right=_none_if_negative(window_right), return_lse=True)
         return res[0], res[1]  # (out [T, H, D], lse [H, T] fp32)
 
     @fa4_fwd.register_fake
     def _(q, k, v, cu_seqlens, max_seqlen, scale, causal, window_left, window_right):
-        return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+        return q.new_empty(q.shape), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
-    @torch.library.custom_op("seqpack::fa4_varlen_bwd", mutates_args=(), device_types="cuda")
-    def fa4_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor,
-                max_seqlen: int, scale: float, causal: bool, window_left: int,
-                window_right: int) -> tuple[Tensor, Tensor, Tensor]:
-        res = _FA4_BWD(q, k, v, out, dout.contiguous(), lse, softmax_scale=scale, causal=causal,
-                       window_size_left=_none_if_negative(window_left),
-                       window_size_right=_none_if_negative(window_right),
-                       cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
-                       max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen)
+    @torch.library.custom_op(f"{namespace}::fa4_varlen_bwd", mutates_args=(), device_types=device_types)
+    def fa4_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                lse: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float, causal: bool,
+                window_left: int, window_right: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        res = fa_bwd(q, k, v, out, dout.contiguous(), lse, softmax_scale=scale, causal=causal,
+                     window_size_left=_none_if_negative(window_left),
+                     window_size_right=_none_if_negative(window_right),
+                     cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
+                     max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen)
         return res[0], res[1], res[2]
 
     @fa4_bwd.register_fake
     def _(dout, q, k, v, out, lse, cu_seqlens, max_seqlen, scale, causal, window_left, window_right):
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
     def setup_context(ctx, inputs, output):
         q, k, v, cu_seqlens, max_seqlen, scale, causal, wl, wr = inputs
@@ -191,7 +194,7 @@ def _define_fa4_ops():
     return fa4_fwd
 
 
-_FA4_OP = _define_fa4_ops() if _FA4_FWD is not None else None
+_FA4_OP = define_fa4_ops(_FA4_FWD, _FA4_BWD) if _FA4_FWD is not None else None
 
 
 class FlashAttn4(Backend):
@@ -209,8 +212,9 @@ class FlashAttn4(Backend):
     def __call__(self, q, k, v, ctx, req, scale):
         b = ctx.boundaries
         wl, wr = flash_window(req.causal, req.window)
-        if _FA4_OP is not None:
-            out, _ = _FA4_OP(flat(q), flat(k), flat(v), b.cu_seqlens, b.max_seqlen, scale, req.causal, wl, wr)
+        if _FA4_OP is not None:  # contiguous inputs: the fake outputs are contiguous, like FA4's
+            qf, kf, vf = (flat(x).contiguous() for x in (q, k, v))
+            out, _ = _FA4_OP(qf, kf, vf, b.cu_seqlens, b.max_seqlen, scale, req.causal, wl, wr)
         else:
             window = (None, None) if req.window is None else (wl, wr)
             out, _ = _FA4(flat(q), flat(k), flat(v), cu_seqlens_q=b.cu_seqlens, cu_seqlens_k=b.cu_seqlens,
