@@ -115,26 +115,21 @@ def doc_mask_mod(docs: torch.Tensor, left: torch.Tensor, right: torch.Tensor):
     return mask_mod
 
 
-_COMPILED = {}
+_compiled = None
 
 
-def _compiled_builder(shapes: tuple[int, int, int, int]):
-    """The builder compiled for one (B, N, block_size, width); outside torch.compile only.
+def _compiled_builder():
+    """The builder compiled once with dynamic shapes (outside torch.compile only).
 
-    ``dynamic=False`` with ``cu_seqlens`` padded to a power-of-two length (below), so a
-    run compiles once per shape and per power of two of the segment count. Each shape is
-    its own function object, but dynamo's cache is per code object: past its recompile
-    limit (8 variants in one process) dynamo runs the builder eagerly, still correct.
+    ``dynamic=True``: the segment count and the batch shape are symbolic, so a run
+    compiles about twice (dynamo specialises a batch of 1) whatever the document layouts
+    and shapes; a per-shape ``dynamic=False`` build would share one code object's
+    recompile limit (8) across shapes and padded lengths.
     """
-    fn = _COMPILED.get(shapes)
-    if fn is None:
-        B, N, bs, width = shapes
-
-        def build(cu, reach):
-            return _block_mask_tensors(cu, reach, B, N, bs, width)
-
-        fn = _COMPILED[shapes] = torch.compile(build, dynamic=False)
-    return fn
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_block_mask_tensors, dynamic=True)
+    return _compiled
 
 
 _REACH = {}
@@ -181,9 +176,7 @@ def build_block_mask(boundaries: DocBoundaries, *, causal: bool = True, window: 
     if compiled is None:
         compiled = boundaries.device.type == "cuda"
     if compiled and not torch.compiler.is_compiling():
-        pad = (1 << max(cu.numel() - 1, 1).bit_length()) + 1 - cu.numel()  # empty segments: harmless
-        cu = torch.cat([cu, cu[-1:].expand(pad)]) if pad else cu
-        tables = _compiled_builder((B, N, bs, width))(cu, reach)
+        tables = _compiled_builder()(cu, reach, B, N, bs, width)
     else:
         tables = _block_mask_tensors(cu, reach, B, N, bs, width)
     (kv_num, kv_idx, fkv_num, fkv_idx), (q_num, q_idx, fq_num, fq_idx), docs = tables
