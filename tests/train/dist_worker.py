@@ -13,22 +13,25 @@ from seqpack.train.data import compact_vocab
 from seqpack.train.trainer import Trainer
 
 RUNS = [("ddp", "packed"), ("fsdp", "packed"), ("ddp", "padded")]
+ONLINE = ("ddp", "packed")  # also run with the online (rank-balanced) packer
 
 
-def config(out, dist_kind, mode):
+def config(out, dist_kind, mode, loader="offline"):
     return TrainConfig(preset="tiny", capacity=256, rows_per_step=4, steps=3, log_every=1, progress=False,
-                       threads=1, warmup_steps=2, mode=mode, dist=dist_kind, out=str(out), save=False)
+                       threads=1, warmup_steps=2, mode=mode, dist=dist_kind, out=str(out), save=False,
+                       loader=loader)
 
 
 def main(out: Path) -> None:
     docs, _ = compact_vocab(load_chitchat(max_docs=300), 512)
     dist.init_process_group("gloo")
-    for kind, mode in RUNS:
-        tr = Trainer(config(out / f"{kind}-{mode}", kind, mode), docs=docs, vocab_size=512)
+    for kind, mode, loader in [(k, m, "offline") for k, m in RUNS] + [(*ONLINE, "online")]:
+        tr = Trainer(config(out / f"{kind}-{mode}", kind, mode, loader), docs=docs, vocab_size=512)
         summary = tr.run()
         state = tr.state_dict()  # full state dict on every rank (a collective under FSDP)
         if dist.get_rank() == 0:
-            torch.save({"history": summary["history"], "model": state["model"]}, out / f"{kind}-{mode}.pt")
+            torch.save({"history": summary["history"], "model": state["model"]},
+                       out / f"{kind}-{mode}-{loader}.pt")
     dist.destroy_process_group()
 
 

@@ -63,6 +63,18 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert len(set(rest["history"])) == 7
 
 
+def test_online_loader_trains_resumes_and_keeps_static_shapes(tmp_path, docs):
+    """The data stage's online packer as the loader: exact resume from its state."""
+    kw = dict(loader="online", rows_per_step=4, rows_per_micro=2, steps=6, capacity=128, max_num_docs=24)
+    full = Trainer(cfg_for(tmp_path / "full", **kw), docs=docs, vocab_size=VOCAB).run()
+    Trainer(cfg_for(tmp_path / "part", save=True, **kw), docs=docs, vocab_size=VOCAB).run(steps=3)
+    resumed = Trainer(cfg_for(tmp_path / "part", resume="auto", **kw), docs=docs, vocab_size=VOCAB)
+    shapes = {tuple(mb.boundaries.cu_seqlens.shape) for _ in range(3) for mb in next(resumed.loader).micro}
+    assert shapes == {(25,)}
+    resumed = Trainer(cfg_for(tmp_path / "part", resume="auto", **kw), docs=docs, vocab_size=VOCAB)
+    assert resumed.run()["history"] == full["history"]
+
+
 def test_compiled_model_does_not_recompile_across_layouts(docs):
     """fullgraph=True, dynamic=False; static cu_seqlens -> one graph for every batch."""
     torch._dynamo.reset()
@@ -108,7 +120,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, docs):
             tr = Trainer(dist_worker.config(tmp_path / f"one-{mode}", "none", mode), docs=docs, vocab_size=VOCAB)
             refs[mode] = (tr.run()["history"], tr.model.state_dict())
         one_hist, one_model = refs[mode]
-        two = torch.load(tmp_path / f"{kind}-{mode}.pt", weights_only=False)
+        two = torch.load(tmp_path / f"{kind}-{mode}-offline.pt", weights_only=False)
         assert np.allclose(one_hist, two["history"], rtol=1e-5), (kind, mode)
         for k, v in one_model.items():
             assert torch.allclose(v, two["model"][k], rtol=1e-4, atol=1e-5), (kind, mode, k)

@@ -75,6 +75,8 @@ def categorize_kernel(name: str) -> str:
     if any(k in n for k in ("flash", "fmha", "attention", "flex", "varlen", "sdpa", "_efficient_attention",
                             "cutlass_fwd", "cutlass_bwd")):
         return "attention"
+    if "triton_tem" in n and not any(k in n for k in ("mm", "conv")):
+        return "attention"  # inductor templates outside max-autotune: flex attention
     if any(k in n for k in ("adam", "multi_tensor", "foreach", "_fused_sgd", "clip_grad")):
         return "optimizer"
     if any(k in n for k in ("log_softmax", "logsumexp", "nll_loss", "cross_entropy", "softmax_backward")):
@@ -159,6 +161,18 @@ class Bench:
         self.trainer = Trainer(self.cfg.replace(max_num_docs=self.max_num_docs[first]), docs=self.docs[first],
                                vocab_size=vocab, plan=self.plans[first])
         self.batches: dict = {}
+        # GPT-2 style non-zero output projections and head: with the model's zero init every
+        # block starts as the identity and attention could not change the loss, which the
+        # loss comparison between configurations relies on. Then keep the initial weights
+        # on the host (1.2 GB for the 304M model) to restart every configuration from them.
+        g = torch.Generator(device="cpu").manual_seed(args.seed)
+        model = self.trainer.model
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("c_proj.weight") or name.startswith("lm_head"):
+                    std = 0.02 / math.sqrt(2 * model.config.n_layer) if "c_proj" in name else 0.02
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+        self.init_weights = [p.detach().to("cpu", copy=True) for p in model.parameters()]
 
     def _max_num_docs(self, dist: str) -> int:
         """Static cu_seqlens size for a distribution: its most crowded micro-batch, rounded up
@@ -196,6 +210,46 @@ class Bench:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
+    def _warm_shapes(self, warm: list, timed: list) -> None:
+        """Run (untimed) one micro-batch of every shape the timed steps hold that the
+        warm-up did not: padded rows come in several lengths, each compiled once, and no
+        compilation may land inside the timed window."""
+
+        if self.trainer.dist.enabled:
+            return  # ranks would run different extra steps (and DDP runs packed only: one shape)
+        seen = {tuple(mb.input_ids.shape) for b in warm for mb in b.micro}
+        for b in timed:
+            for mb in b.micro:
+                shape = tuple(mb.input_ids.shape)
+                if shape not in seen:
+                    seen.add(shape)
+                    self._forward_backward(mb)
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        if self.trainer.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _forward_backward(self, mb) -> None:
+        """Compile a shape without changing the weights (no optimizer step)."""
+        from seqpack.model.gpt import prepare_context
+
+        tr = self.trainer
+        ctx = prepare_context(mb.boundaries, tr.model_config, tr.device)
+        mb = mb.to(tr.device)
+        with tr.autocast():
+            loss, _ = tr.forward(mb.input_ids, mb.labels, boundaries=ctx, position_ids=mb.position_ids)
+        loss.backward()
+
+    def reset_weights(self) -> None:
+        """Every configuration starts from the same weights and an empty optimizer state, so
+        their losses after the same steps can be compared (packed == padded, naive differs)."""
+        tr = self.trainer
+        with torch.no_grad():
+            for p, v in zip(tr.model.parameters(), self.init_weights):
+                p.copy_(v, non_blocking=True)
+        tr.optimizer.state.clear()
+        tr.optimizer.zero_grad(set_to_none=True)
+        tr.step = 0
+
     def time_config(self, dist: str, mode: str) -> dict:
         """Warm-up steps, then timed steps; useful tokens/s, MFU, fill, step time."""
         from seqpack.train.metrics import step_flops
@@ -203,13 +257,15 @@ class Bench:
         tr = self.trainer
         steps = self.steps(dist, mode)
         cuda = tr.device.type == "cuda"
+        self.reset_weights()
         t_start = time.perf_counter()
         for b in steps[: self.args.warmup]:
             loss = tr.train_step(b)
         if cuda:
             torch.cuda.synchronize()
-        warm_s = time.perf_counter() - t_start
         timed = steps[self.args.warmup:] or steps[-1:]
+        self._warm_shapes(steps[: self.args.warmup], timed)
+        warm_s = time.perf_counter() - t_start
         t0 = time.perf_counter()
         for b in timed:
             loss = tr.train_step(b)
@@ -256,11 +312,11 @@ def _row(dist, label, r) -> str:
         return f"  {dist:<6} {label:<24} {r['error'][:90]}"
     mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") is not None else "    -"
     return (f"  {dist:<6} {label:<24} {r['tok_s']:>12,.0f} {mfu:>7} {r['fill'] * 100:>6.1f}% "
-            f"{r['step_ms']:>9.1f} {r['docs_per_step']:>7.1f} {r['warmup_s']:>8.1f}")
+            f"{r['step_ms']:>9.1f} {r['docs_per_step']:>7.1f} {r['warmup_s']:>9.1f} {r['loss']:>10.5f}")
 
 
 HEADER = (f"  {'dist':<6} {'config':<24} {'useful tok/s':>12} {'MFU':>7} {'fill':>7} {'step ms':>9} "
-          f"{'docs':>7} {'warm-up s':>8}")
+          f"{'docs':>7} {'warm-up s':>9} {'last loss':>10}")
 
 
 def run_configs(bench: Bench, log) -> dict:
@@ -312,25 +368,18 @@ def run_configs(bench: Bench, log) -> dict:
 
 
 def _auto_choice(bench: Bench, dist: str) -> str | None:
-    """The backend auto picks for this distribution's first packed micro-batch, as the
-    compiled model sees it (static shapes)."""
+    """The backend auto picks for this distribution's packed batches as the compiled model
+    sees them (boundaries on the device: the choice comes from static shapes)."""
     try:
-        from seqpack.attention.api import _context, _request, _select
+        from seqpack.attention import choose_backend
 
         tr = bench.trainer
         mc = tr.model_config
-        mb = bench.steps(dist, "packed")[0].micro[0]
-        b = mb.boundaries.to(tr.device)
+        b = bench.steps(dist, "packed")[0].micro[0].boundaries.to(tr.device)
         dtype = torch.bfloat16 if tr.use_bf16 else torch.float32
         q = torch.zeros(b.numel, mc.n_head, mc.head_dim, device=tr.device, dtype=dtype, requires_grad=True)
         k = torch.zeros(b.numel, mc.n_kv_head, mc.head_dim, device=tr.device, dtype=dtype, requires_grad=True)
-        ctx = _context(b, q)
-        req = _request(q, k, k, ctx, True, None)
-        if bench.args.compile != "none":
-            import dataclasses
-
-            req = dataclasses.replace(req, compiling=True)
-        return _select(req, ctx, q.device).name
+        return choose_backend(q, k, k, b)
     except Exception:
         return None
 
@@ -354,9 +403,20 @@ def summarize(results: dict, log) -> dict:
                 v[f"vs_{name.split()[0]}"] = ratio
                 lines.append(f"{ratio:.2f}x {name}{f' ({best_name})' if name.startswith('best') else ''} "
                              f"[bar {bar}x: {'PASS' if ratio >= bar else 'FAIL'}]")
+        pad_loss = ok.get("padded", {}).get("loss")
+        if pad_loss:
+            diffs = {k: abs(v["loss"] - pad_loss) / abs(pad_loss) for k, v in ok.items()
+                     if k.startswith("packed") and "loss chunk" not in k}
+            v["loss_rel_diff_vs_padded"] = diffs
+            naive = ok.get("naive", {}).get("loss")
+            worst = max(diffs, key=diffs.get) if diffs else None
+            lines.append(f"same weights, same steps: packed losses within {diffs[worst]:.1e} of padded ({worst})"
+                         + (f", naive {abs(naive - pad_loss) / abs(pad_loss):.1e}" if naive else "")
+                         if worst else "")
         mfu = ok.get("packed auto", {}).get("mfu")
         if mfu is not None:
             lines.append(f"MFU {100 * mfu:.1f}% [bar 55%: {'PASS' if mfu >= 0.55 else 'FAIL'}]")
+        lines = [x for x in lines if x]
         log(f"  {dist}: packed auto " + ("; ".join(lines) if lines else "(no comparison available)"))
         verdict[dist] = v
     return verdict
@@ -400,8 +460,11 @@ def profile_best(bench: Bench, results: dict, log) -> dict | None:
                 return getattr(e, attr)
         return 0.0
 
-    if cuda:
-        timed = [(e.key, dev_time(e)) for e in events if dev_time(e) > 0]
+    if cuda:  # kernels (and copies) only: an op's device time is already its kernels'
+        timed = [(e.key, dev_time(e)) for e in events
+                 if str(getattr(e, "device_type", "")).endswith("CUDA") and dev_time(e) > 0]
+        if not timed:  # older profilers: no device_type on averages
+            timed = [(e.key, dev_time(e)) for e in events if dev_time(e) > 0 and not e.key.startswith("aten::")]
     else:
         timed = [(e.key, e.self_cpu_time_total) for e in events if e.key.startswith("aten::") or "Optimizer" in e.key]
     total = sum(t for _, t in timed) or 1.0

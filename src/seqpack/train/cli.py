@@ -38,9 +38,13 @@ def run(args) -> int:
               f"device {trainer.device}, {'bf16 autocast' if trainer.use_bf16 else 'fp32'}, "
               f"compile {trainer._compile_kind()}, dist {trainer.dist.kind} x{trainer.dist.world}")
         ld = trainer.loader
-        print(f"data: {len(trainer.docs):,} documents -> {ld.plan.num_bins:,} rows of {cfg.capacity} "
-              f"(fill {100 * ld.plan.efficiency:.2f}%), {ld.steps_per_epoch} steps per epoch of "
-              f"{cfg.rows_per_step} rows; mode {cfg.mode}")
+        if cfg.loader == "online":
+            print(f"data: {len(trainer.docs):,} documents, packed online into steps of {cfg.rows_per_step} rows "
+                  f"of {cfg.capacity}; mode {cfg.mode}")
+        else:
+            print(f"data: {len(trainer.docs):,} documents -> {ld.plan.num_bins:,} rows of {cfg.capacity} "
+                  f"(fill {100 * ld.plan.efficiency:.2f}%), {ld.steps_per_epoch} steps per epoch of "
+                  f"{cfg.rows_per_step} rows; mode {cfg.mode}")
     summary = trainer.run()
     if trainer.dist.is_main:
         keep = {k: v for k, v in summary.items() if k not in ("history", "wall_history")}

@@ -39,6 +39,7 @@ class TrainConfig:
     capacity: int = 1024             # tokens per row
     rows_per_step: int = 8           # rows per optimiser step, all ranks together
     rows_per_micro: int | None = None  # rows per micro-batch per rank (packed/naive); None = all
+    loader: str = "offline"          # offline: plan the corpus once; online: the data stage's stream packer
     mode: str = "packed"             # packed | naive | padded
     layout: str = "1d"               # packed mode: 1d buffer or rows
     pad_batch: int = 8               # padded mode: documents per micro-batch
@@ -91,6 +92,8 @@ _HELP = {
     "data": "chitchat (bundled), a Parquet path from `seqpack pack`, or hf:NAME[:SPLIT[:COLUMN]]",
     "capacity": "tokens per packed row",
     "rows_per_step": "rows per optimiser step over all ranks (tokens per step = rows x capacity)",
+    "loader": "offline: plan the whole corpus once (global best fit); online: pack while reading "
+              "(seqpack.data.online, rank-balanced attention work)",
     "mode": "packed (block-diagonal), naive (packed rows, cross-document attention), padded (one doc per row)",
     "layout": "packed mode: 1d buffer (varlen style) or rows",
     "pad_batch": "padded mode: documents per micro-batch",
@@ -104,7 +107,7 @@ _HELP = {
     "peak_tflops": "peak TFLOP/s of one device for MFU (default: known GPUs, none on CPU)",
 }
 
-_CHOICES = {"mode": ("packed", "naive", "padded"), "layout": ("1d", "rows"), "positions": ("doc", "buffer"),
+_CHOICES = {"loader": ("offline", "online"), "mode": ("packed", "naive", "padded"), "layout": ("1d", "rows"), "positions": ("doc", "buffer"),
             "compile": ("auto", "none", "model", "blocks"), "dist": ("auto", "none", "ddp", "fsdp"),
             "dtype": ("auto", "bf16", "fp32"), "strategy": ("bfd", "ffd", "nextfit", "wrapped")}
 

@@ -19,6 +19,8 @@ Notable:
     padded  one document piece per row, ``pad_batch`` rows per micro-batch, each padded
             to its longest piece rounded up to a power of two (a handful of static shapes
             for the compiled model) or, eager, to a multiple of ``pad_multiple``.
+- `OnlineLoader` takes its steps from the data stage's online packer instead (packing
+  while reading, attention work balanced across ranks, resumable state); same modes.
 - Every step reports the counts the trainer logs: useful (real) tokens, label tokens,
   computed token slots (fill = useful / slots), documents and rows, and the piece lengths
   (for the attention FLOPs).
@@ -35,7 +37,8 @@ from seqpack.batch import IGNORE_INDEX, Documents, collate_packed
 from seqpack.boundaries import DocBoundaries
 from seqpack.model.gpt import causal_rows
 
-__all__ = ["MicroBatch", "StepBatch", "PackedLoader", "MODES", "bucket_length", "pad_pieces"]
+__all__ = ["MicroBatch", "StepBatch", "PackedLoader", "OnlineLoader", "MODES", "bucket_length", "pad_pieces",
+           "baseline_micro", "compact_vocab"]
 
 MODES = ("packed", "naive", "padded")
 
@@ -226,7 +229,6 @@ class PackedLoader:
             self.plan.stop[self.plan.bin_offsets[b]:self.plan.bin_offsets[b + 1]]
             - self.plan.start[self.plan.bin_offsets[b]:self.plan.bin_offsets[b + 1]] for b in bins])
         micro, slots = [], 0
-        label_tokens = 0
         for lo in range(0, bins.size, self.rows_per_micro):
             mb_bins = bins[lo:lo + self.rows_per_micro]
             if self.mode == "packed":
@@ -235,17 +237,11 @@ class PackedLoader:
                 slots += mb.input_ids.numel()
             else:
                 rows = collate_packed(self.plan, self.docs, mb_bins, layout="rows", label_shift="collator")
-                if self.mode == "naive":
-                    micro.append(MicroBatch(rows.input_ids, rows.labels, causal_rows(tuple(rows.input_ids.shape))))
-                    slots += rows.input_ids.numel()
-                else:
-                    mbs, s = pad_pieces(rows.input_ids, rows.labels, rows.boundaries,
-                                        pad_batch=self.pad_batch, capacity=self.capacity,
+                mbs, s = baseline_micro(rows, self.mode, pad_batch=self.pad_batch, capacity=self.capacity,
                                         pad_multiple=self.pad_multiple)
-                    micro.extend(mbs)
-                    slots += s
-        for mb in micro:
-            label_tokens += int((mb.labels != IGNORE_INDEX).sum())
+                micro.extend(mbs)
+                slots += s
+        label_tokens = sum(int((mb.labels != IGNORE_INDEX).sum()) for mb in micro)
         return StepBatch(micro=micro, useful_tokens=int(lens.sum()), label_tokens=label_tokens, slots=slots,
                          docs=int(counts.sum()), rows=int(bins.size), piece_lengths=piece_lengths)
 
@@ -262,6 +258,99 @@ class PackedLoader:
             self.max_num_docs, self.grown = new, self.grown + 1
         return MicroBatch(batch.input_ids, batch.labels, b.static(self.max_num_docs, self.capacity),
                           batch.position_ids)
+
+
+def baseline_micro(rows, mode: str, *, pad_batch: int, capacity: int, pad_multiple: int = 0):
+    """The naive or padded micro-batches of a rows `PackedBatch` (next-token labels):
+    ``(micro_batches, slots)``."""
+    if mode == "naive":
+        return [MicroBatch(rows.input_ids, rows.labels, causal_rows(tuple(rows.input_ids.shape)))], \
+            rows.input_ids.numel()
+    return pad_pieces(rows.input_ids, rows.labels, rows.boundaries, pad_batch=pad_batch, capacity=capacity,
+                      pad_multiple=pad_multiple)
+
+
+class OnlineLoader:
+    """Steps from the data stage's online packer (`seqpack.data.online.PackedIterableDataset`):
+    packs as it reads, balances attention work across ranks, resumes from its state.
+
+    Each micro-batch is one batch of the packer (``rows_per_micro`` rows on this rank); a
+    step is ``rows_per_step // (world x rows_per_micro)`` of them. Same modes and
+    `StepBatch` as `PackedLoader`; the state is the packer's plus the epoch.
+    """
+
+    def __init__(self, docs, *, capacity: int, rows_per_step: int, mode: str = "packed", layout: str = "1d",
+                 rows_per_micro: int | None = None, pad_batch: int = 8, pad_multiple: int = 0,
+                 max_num_docs: int | None = None, seed: int = 0, rank: int = 0, world: int = 1,
+                 buffer_size: int = 1024):
+        from seqpack.data.online import PackedIterableDataset
+
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+        if rows_per_step % world:
+            raise ValueError(f"rows_per_step {rows_per_step} must be a multiple of the world size {world}")
+        local = rows_per_step // world
+        self.rows_per_micro = local if rows_per_micro is None else int(rows_per_micro)
+        if local % self.rows_per_micro:
+            raise ValueError(f"rows per rank ({local}) must be a multiple of rows_per_micro ({self.rows_per_micro})")
+        self.micro_per_step = local // self.rows_per_micro
+        self.mode, self.capacity, self.pad_batch, self.pad_multiple = mode, int(capacity), pad_batch, pad_multiple
+        # the packer keeps each batch within max_num_docs segments: static cu_seqlens
+        self.max_num_docs = max_num_docs if max_num_docs is not None else 32 * self.rows_per_micro
+        self.ds = PackedIterableDataset(
+            docs, capacity=capacity, batch_size=self.rows_per_micro, layout=layout if mode == "packed" else "rows",
+            buffer_size=buffer_size, max_num_docs=self.max_num_docs if mode == "packed" else None, seed=seed,
+            label_shift="collator", rank=rank, world_size=world)
+        self.epoch, self.step, self._it = 0, 0, None
+        self.steps_per_epoch = None  # unknown for a stream
+
+    def state_dict(self) -> dict:
+        return {"kind": "online", "epoch": self.epoch, "step": self.step, "packer": self.ds.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "online":
+            raise ValueError("this checkpoint was written with the offline loader: resume with --loader offline")
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.ds.set_epoch(self.epoch)
+        self.ds.load_state_dict(state["packer"])
+        self._it = None
+
+    def _next_batch(self):
+        while True:
+            if self._it is None:
+                self.ds.set_epoch(self.epoch)
+                self._it = iter(self.ds)
+            try:
+                return next(self._it)
+            except StopIteration:
+                self.epoch, self._it = self.epoch + 1, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> StepBatch:
+        micro, slots, useful, docs, rows, lengths = [], 0, 0, 0, 0, []
+        for _ in range(self.micro_per_step):
+            batch = self._next_batch()
+            b = batch.boundaries
+            seg = b.seqlens.numpy().astype(np.int64)
+            real = seg[~b.is_pad.numpy() & (seg > 0)]
+            lengths.append(real)
+            useful += int(real.sum())
+            docs += real.size
+            rows += self.rows_per_micro
+            if self.mode == "packed":
+                micro.append(MicroBatch(batch.input_ids, batch.labels, b, batch.position_ids))
+                slots += batch.input_ids.numel()
+            else:
+                mbs, s = baseline_micro(batch, self.mode, pad_batch=self.pad_batch, capacity=self.capacity,
+                                        pad_multiple=self.pad_multiple)
+                micro.extend(mbs)
+                slots += s
+        self.step += 1
+        label_tokens = sum(int((mb.labels != IGNORE_INDEX).sum()) for mb in micro)
+        return StepBatch(micro=micro, useful_tokens=useful, label_tokens=label_tokens, slots=slots, docs=docs,
+                         rows=rows, piece_lengths=np.concatenate(lengths))
 
 
 def compact_vocab(docs: Documents, size: int) -> tuple[Documents, np.ndarray]:

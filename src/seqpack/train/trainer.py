@@ -29,7 +29,7 @@ import torch
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
 from seqpack.train.config import TrainConfig
-from seqpack.train.data import PackedLoader, StepBatch
+from seqpack.train.data import OnlineLoader, PackedLoader, StepBatch
 from seqpack.train.dist import DistInfo, all_reduce_sum, init_distributed
 from seqpack.train.metrics import peak_flops, step_flops
 
@@ -117,11 +117,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = GPT(self.model_config).to(self.device)
         self.num_params = self.model.num_params()
-        self.loader = PackedLoader(docs, capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode,
-                                   layout=cfg.layout, rows_per_micro=cfg.rows_per_micro, pad_batch=cfg.pad_batch,
-                                   pad_multiple=self._pad_multiple(),
-                                   max_num_docs=cfg.max_num_docs, seed=cfg.seed, strategy=cfg.strategy,
-                                   rank=self.dist.rank, world=self.dist.world, plan=plan)
+        common = dict(capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode, layout=cfg.layout,
+                      rows_per_micro=cfg.rows_per_micro, pad_batch=cfg.pad_batch, pad_multiple=self._pad_multiple(),
+                      max_num_docs=cfg.max_num_docs, seed=cfg.seed, rank=self.dist.rank, world=self.dist.world)
+        if cfg.loader == "online":
+            self.loader = OnlineLoader(docs, **common)
+        else:
+            self.loader = PackedLoader(docs, strategy=cfg.strategy, plan=plan, **common)
         self.forward = self._wrap_model()
         self.optimizer = self._make_optimizer()
         self.step = 0
