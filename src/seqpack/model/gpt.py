@@ -168,8 +168,8 @@ class CausalSelfAttention(nn.Module):
         k = self.c_k(x).view(*lead, self.n_kv_head, self.head_dim)
         v = self.c_v(x).view(*lead, self.n_kv_head, self.head_dim)
         q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
-        if self.qk_norm:
-            q, k = norm(q), norm(k)
+        if self.qk_norm:  # type_as: if autocast ever runs the norm in float32, q/k must still match v
+            q, k = norm(q).type_as(v), norm(k).type_as(v)
         y = varlen_attention(q, k, v, ctx, causal=True, window=self.window, backend=self.backend)
         return self.c_proj(y.reshape(*lead, -1))
 

@@ -21,8 +21,12 @@ Notable:
   transformer block and the head+loss are compiled on their own (fullgraph=True,
   dynamic=False), so a new shape or backend costs one block's compile, not sixteen
   (``--compile model``: the whole model as one graph). ``max_num_docs`` is set per
-  distribution (its most crowded step, rounded up to 32): tight for varlen kernels, and
+  distribution (its most crowded step, rounded up to 8): tight for varlen kernels, and
   auto, which under torch.compile sees only shapes, can tell the distributions apart.
+- Auto picks backends from a calibration table of attention timings on this GPU. When
+  there is none (a fresh machine), ``--calibrate auto`` measures one first for the
+  model's attention shape (``seqpack.attention.bench.calibrate``: 1D buffer, fwd+bwd,
+  medians 150 and 400) and registers it, as ``seqpack bench attention`` would.
 - Each configuration is its own try/except: a backend that fails is reported, not fatal.
   A time budget (``--budget-s``) skips what is left when it runs out, saying so.
 - ``--profile``: torch.profiler over a few steps of the best packed configuration, top
@@ -113,6 +117,9 @@ def add_arguments(p) -> None:
     p.add_argument("--peak-tflops", type=float, default=None)
     p.add_argument("--budget-s", type=float, default=450.0, help="skip configurations once this much time is spent")
     p.add_argument("--profile", type=int, default=1, help="profile the best packed configuration (1) or not (0)")
+    p.add_argument("--calibrate", default="auto", choices=("auto", "1", "0"),
+                   help="time the attention backends for auto first: auto = on CUDA when this GPU has no "
+                        "calibration table yet")
     p.add_argument("--ddp", action="store_true", help="under torchrun: one GPU alone, then DDP over all")
     p.add_argument("--json", default=None, help="write results here (default: $OUT/bench_train.json if $OUT is set)")
     p.add_argument("--seed", type=int, default=0)
@@ -176,13 +183,14 @@ class Bench:
 
     def _max_num_docs(self, dist: str) -> int:
         """Static cu_seqlens size for a distribution: its most crowded micro-batch, rounded up
-        to 32. Tight, so varlen kernels launch few empty segments, and different per
-        distribution, so auto (which under torch.compile sees only shapes) can tell them apart."""
+        to 8. Tight, so varlen kernels launch few empty segments, and auto (which under
+        torch.compile sees only shapes: tokens / max_num_docs) reads a feature close to the
+        batches' real mean document length."""
         per_bin = self.plans[dist].docs_per_bin() + 1
         n = min(self.steps_needed, self.plans[dist].num_bins // self.rows) * self.rows
         world = self.rows // self.args.rows
         most = int(per_bin[:n].reshape(-1, self.rows // world).sum(axis=1).max())
-        return -(-most // 32) * 32
+        return -(-most // 8) * 8
 
     def steps(self, dist: str, mode: str) -> list:
         from seqpack.train.data import PackedLoader
@@ -305,6 +313,39 @@ def _candidate_backends(bench: Bench) -> list[str]:
     fast = [n for n in ok if n not in SLOW_BACKENDS]
     slow = [n for n in ok if n in SLOW_BACKENDS]
     return fast, slow, skipped
+
+
+def calibrate_attention(bench: Bench, log, force: bool = False) -> None:
+    """Measure the attention backends for auto on this device unless a table exists."""
+    from seqpack.attention.select import device_name, register_table, table_for, table_path
+
+    tr = bench.trainer
+    if tr.device.type != "cuda" and not force:
+        return
+    name = device_name(tr.device)
+    if table_for(name) is not None and not force:
+        log(f"auto: using the calibration table for {name}")
+        return
+    try:
+        from seqpack.attention.bench import calibrate
+
+        t0 = time.perf_counter()
+        mc = tr.model_config
+        dtype = torch.bfloat16 if tr.use_bf16 else torch.float32
+        table = calibrate(tr.device, tokens=bench.args.rows * bench.args.capacity, row_len=bench.args.capacity,
+                          heads=mc.n_head, kv_heads=mc.n_kv_head, head_dim=mc.head_dim, dtype=dtype,
+                          medians=sorted(DISTRIBUTIONS.values()), layouts=("1d",), modes=("fwd_bwd",),
+                          rep_ms=50.0, seed=bench.args.seed, log=lambda m: log("  calibrate " + m))
+        register_table(table)  # this process's auto uses it from now on
+        where = "this run only"
+        if tr.device.type == "cuda":  # keep it for later runs on this GPU (never a CPU table: tests use the shipped one)
+            path = table_path(table["device"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(table, indent=1) + "\n")
+            where = str(path)
+        log(f"auto: calibrated {name} in {time.perf_counter() - t0:.0f} s -> {where}")
+    except Exception as e:
+        log(f"auto: calibration failed ({type(e).__name__}: {e}); auto falls back to its fixed order")
 
 
 def _row(dist, label, r) -> str:
@@ -511,10 +552,11 @@ def run_ddp(args, log) -> dict:
         dist.all_reduce(t)
         out[phase] = dict(r, tok_s_all=float(t) / (world if phase == "ddp" else 1))
         if rank == 0:
-            log(f"  {phase:<6} {out[phase]['tok_s_all']:>12,.0f} useful tok/s over {world if phase == 'ddp' else 1}"
-                f"{' GPU' if phase == 'single' else ' GPUs'} x {'1' if phase == 'ddp' else world} "
-                f"(step {r['step_ms']:.1f} ms)")
+            what = (f"{world} GPUs each alone (sum)" if phase == "single" else f"DDP over {world} GPUs")
+            log(f"  {what:<28} {out[phase]['tok_s_all']:>12,.0f} useful tok/s, step {r['step_ms']:.1f} ms, "
+                f"{args.rows} x {args.capacity} tokens per GPU")
         del bench
+        torch._dynamo.reset()  # drop the compiled graphs (and what they hold) of this phase
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     one = out["single"]["tok_s_all"] / world  # mean over the GPUs that each ran alone
@@ -551,8 +593,11 @@ def run(args) -> int:
     args = _defaults(args)
     lines: list[str] = []
 
+    quiet = args.ddp and int(os.environ.get("RANK", "0")) != 0  # under torchrun rank 0 speaks
+
     def log(msg: str = "") -> None:
-        print(msg, flush=True)
+        if not quiet:
+            print(msg, flush=True)
         lines.append(msg)
 
     env = _environment(args.device)
@@ -573,6 +618,8 @@ def run(args) -> int:
         log("MFU = (6 x params x useful tokens + causal attention FLOPs within documents) / time / peak; "
             "attention FLOPs = 12 x heads x head_dim x sum over documents of n(n+1)/2, per layer")
         log(f"set-up {bench.elapsed():.1f} s; {args.warmup} warm-up + {args.steps} timed steps per configuration")
+        if args.calibrate != "0":
+            calibrate_attention(bench, log, force=args.calibrate == "1")
         results = run_configs(bench, log)
         if args.compare_loss_chunk and args.loss_chunk != args.compare_loss_chunk:
             _compare_loss_chunk(bench, results, log)

@@ -201,18 +201,28 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def train_step(self, batch: StepBatch) -> torch.Tensor:
-        """One optimiser step; returns the step's mean loss over all ranks (a device tensor)."""
+        """One optimiser step; returns the step's mean loss over all ranks (a device tensor).
+
+        No host sync: inputs are copied from pinned memory, the label count is summed on
+        the device, and the attention context is prepared from host-side boundaries.
+        """
         dev = self.device
-        count = torch.tensor(float(batch.label_tokens), device=dev)
+        cuda = dev.type == "cuda"
+        inputs = []
+        for mb in batch.micro:
+            if cuda:
+                mb = mb.pin_memory()
+            ctx = prepare_context(mb.boundaries, self.model_config, dev)  # once for all layers
+            mv = lambda t: None if t is None else t.to(dev, non_blocking=True)  # noqa: E731
+            inputs.append((mv(mb.input_ids), mv(mb.labels), ctx, mv(mb.position_ids)))
+        count = sum((labels != -100).sum() for _, labels, _, _ in inputs).to(torch.float32)
         all_reduce_sum(count, self.dist)
         scale = self.dist.world / count.clamp(min=1)  # DDP/FSDP average over ranks: undo it
         loss_sum = torch.zeros((), device=dev)
-        n = len(batch.micro)
-        for i, mb in enumerate(batch.micro):
-            ctx = prepare_context(mb.boundaries, self.model_config, dev)  # once for all layers
-            mb = mb.to(dev, non_blocking=True)
+        n = len(inputs)
+        for i, (ids, labels, ctx, pos) in enumerate(inputs):
             with self._sync_context(i == n - 1), self.autocast():
-                loss, _ = self.forward(mb.input_ids, mb.labels, boundaries=ctx, position_ids=mb.position_ids)
+                loss, _ = self.forward(ids, labels, boundaries=ctx, position_ids=pos)
             (loss * scale).backward()
             loss_sum += loss.detach()
         if self.cfg.grad_clip:
