@@ -47,4 +47,4 @@ def _rank_main(rank, world_size, init_file, docs_count):
 
 
 def test_two_ranks_on_gloo(tmp_path):
-    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), 3000), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), 2000), nprocs=2, join=True)
