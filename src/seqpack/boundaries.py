@@ -312,7 +312,9 @@ class DocBoundaries:
         is exactly the block-diagonal mask for rows and 1D layouts alike.
         """
         pos = torch.arange(self.numel, device=self.device, dtype=torch.int32)
-        ids = torch.searchsorted(self.cu_seqlens[1:], pos, right=True)
+        # Search the whole cu_seqlens (not cu_seqlens[1:]): inductor in torch 2.11 cannot
+        # lower searchsorted over a sliced sequence. Segment s holds t when cu[s] <= t < cu[s+1].
+        ids = torch.searchsorted(self.cu_seqlens, pos, right=True) - 1
         return ids.reshape(self.shape)
 
     def position_ids(self) -> torch.Tensor:
