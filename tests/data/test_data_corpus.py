@@ -25,3 +25,14 @@ def test_chitchat_batches_cover_the_corpus():
     assert fill > 0.97
     (flat,) = chitchat_batches(capacity=1024, batch_size=4, max_docs=50, layout="1d")[:1]
     assert flat.input_ids.shape == (4096,)
+
+
+def test_package_exports_are_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, seqpack.data as d; assert 'torch' not in sys.modules and 'numba' not in sys.modules; "
+            "assert d.PackedIterableDataset.__name__ == 'PackedIterableDataset'; print(sorted(d.__all__))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "pack_to_parquet" in r.stdout

@@ -161,6 +161,25 @@ def test_overflow_and_empty_documents(docs):
         list(mk(docs, capacity=256, overflow="error"))
 
 
+def test_chats_stream_masked_and_split_between_turns():
+    conv = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 30}
+            for i in range(10)]
+    ds = PackedIterableDataset([conv, conv[:2]], capacity=100, batch_size=2, buffer_size=8)
+    batches = list(ds)
+    from seqpack.data.tokenize import encode_chat, load_tokenizer
+
+    (ids, _), (labels, _), (turns, _) = encode_chat(load_tokenizer(), [conv, conv[:2]])
+    starts = sorted(int(s) for b in batches for d, s in zip(b.doc_index, b.doc_start) if d == 0)
+    assert len(starts) > 1 and set(starts) <= set(turns.tolist())
+    for b in batches:  # labels follow the mask: user turns never carry a loss
+        for k, (d, s, e) in enumerate(zip(b.doc_index, b.doc_start, b.doc_stop)):
+            if d == 0:
+                lab = b.labels.flatten()[b.boundaries.cu_seqlens[:-1][~b.boundaries.is_pad][k]:][:e - s]
+                assert lab[1:].tolist() == labels[s + 1:e].tolist()
+    with pytest.raises(ValueError, match="document 1: input_ids must be a flat list of integer"):
+        PackedIterableDataset([[1, 2], [0.5, 1.5]], capacity=8)
+
+
 def step_balance(ranks, **kw):
     per = [[(int((b.doc_stop - b.doc_start).sum()), float(((b.doc_stop - b.doc_start) ** 2).sum()))
             for b in PackedIterableDataset(**kw, rank=r, world_size=ranks)] for r in range(ranks)]

@@ -9,3 +9,26 @@
 
 Modules are imported on use; `import seqpack.data` loads nothing heavy.
 """
+
+import importlib
+
+# name -> module that defines it; resolved on first attribute access (PEP 562)
+_LAZY = {
+    "open_source": "seqpack.data.sources",
+    "load_tokenizer": "seqpack.data.tokenize",
+    "pack_to_parquet": "seqpack.data.pack",
+    "read_packed": "seqpack.data.pack",
+    "PackedIterableDataset": "seqpack.data.online",
+    "LoaderState": "seqpack.data.online",
+    "load_chitchat": "seqpack.data.corpus",
+    "chitchat_batches": "seqpack.data.corpus",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'seqpack.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -250,9 +250,11 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
 
         if isinstance(source, Documents):
             self._docs, self._source = source, None
-        elif isinstance(source, (list, tuple)) and source and not isinstance(source[0], (str, dict)) \
-                and not _is_path(source[0]):
-            self._docs, self._source = Documents.from_lists([np.asarray(x) for x in source]), None
+        elif _token_lists(source):
+            from seqpack.data.sources import _as_token_array
+
+            arrays = [_as_token_array(x, f"document {i}") for i, x in enumerate(source)]
+            self._docs, self._source = Documents.from_lists(arrays, dtype=np.int64), None
         else:
             from seqpack.data.sources import open_source
 
@@ -317,10 +319,14 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
                              "options (" + "; ".join(diff) + ")")
 
 
-def _is_path(x) -> bool:
-    import os
-
-    return isinstance(x, (str, os.PathLike))
+def _token_lists(source) -> bool:
+    """A list/tuple of token-id lists or arrays (not texts, dicts, chats or paths)."""
+    if not isinstance(source, (list, tuple)) or not source:
+        return False
+    first = source[0]
+    if isinstance(first, np.ndarray):
+        return True
+    return isinstance(first, (list, tuple)) and (not first or isinstance(first[0], (int, np.integer)))
 
 
 class _Iterator:
