@@ -50,7 +50,9 @@ RESULTS: dict = {"errors": [], "skipped_for_time": []}
 DISTS = {"short": 150, "sft": 400, "long": 1500}
 TOL = 5e-3
 FA = ("flash_attn.cute", "flash_attn_interface", "flash_attn")
-EXPERIMENTAL = ("flex_bs64",)
+# Not registered by seqpack itself; registered here, checked, and timed (stretch attempts).
+# The cases each one is checked on (compiles and autotuning cost time).
+EXPERIMENTAL = {"flex_bs64": {0}, "triton_varlen": {0, 1, 2, 3, 4}}
 
 
 class Cfg:
@@ -217,7 +219,7 @@ def correctness():
         # the document whose inputs the isolation check replaces
         s, e = next((s, e) for s, e in zip(cu[1:-1], cu[2:]) if e - s > 1)
         for name in BACKENDS:
-            if name == "eager" or (name in EXPERIMENTAL and ci > 0):
+            if name == "eager" or (name in EXPERIMENTAL and ci not in EXPERIMENTAL[name]):
                 continue
             row = {"case": ci, "backend": name, **{k: v for k, v in c.items() if k != "special"}}
             if support[name] is not None:
@@ -273,7 +275,7 @@ def calibration(medians):
     from seqpack.attention import BACKENDS
     from seqpack.attention.bench import _match_of, calibrate
     from seqpack.attention.select import register_table
-    names = [n for n in BACKENDS if n != "eager" and n not in EXPERIMENTAL]
+    names = [n for n in BACKENDS if n not in ("eager", "flex_bs64")]  # flex_bs64: timed in part 6
     table = calibrate(Cfg.device, tokens=Cfg.tokens, row_len=Cfg.row_len, heads=Cfg.heads, kv_heads=Cfg.heads,
                       head_dim=Cfg.head_dim, dtype=torch.bfloat16, medians=medians, layouts=("rows", "1d"),
                       modes=("fwd_bwd",), backends=names, warmup_ms=25, rep_ms=Cfg.rep_ms, log=log)
@@ -291,19 +293,26 @@ def auto_timing():
     from seqpack.attention.bench import _inputs, make_boundaries, sample_rows, time_backend
     rows = []
     H, D = Cfg.heads, Cfg.head_dim
-    hide = registered(FA + EXPERIMENTAL)
+    hide = registered(FA + tuple(EXPERIMENTAL))
     for dist, median in DISTS.items():
         rs = sample_rows(np.random.default_rng(int(median)), median, Cfg.tokens, Cfg.row_len)
         for layout in ("rows", "1d"):
             ctx = prepare(make_boundaries(rs, Cfg.row_len, layout), device=Cfg.device)
             q, k, v = _inputs(ctx.boundaries, H, H, D, torch.bfloat16, Cfg.device, True)
-            exp = {n: BACKENDS.pop(n) for n in registered(EXPERIMENTAL)}
+            exp = {n: BACKENDS.pop(n) for n in registered(tuple(EXPERIMENTAL))}
             try:
                 row = {"dist": dist, "layout": layout, "auto_choice": choose_backend(q, k, v, ctx)}
                 row["auto_ms"], row["auto_error"] = time_backend("auto", ctx, H, H, D, torch.bfloat16, "fwd_bwd",
                                                                  rep_ms=Cfg.rep_ms)
             finally:
                 BACKENDS.update(exp)
+            if registered(["triton_varlen"]):  # what auto would give with our kernel registered
+                flex64 = BACKENDS.pop("flex_bs64", None)
+                row["auto_with_triton_choice"] = choose_backend(q, k, v, ctx)
+                row["auto_with_triton_ms"], _ = time_backend("auto", ctx, H, H, D, torch.bfloat16, "fwd_bwd",
+                                                             rep_ms=Cfg.rep_ms)
+                if flex64 is not None:
+                    BACKENDS["flex_bs64"] = flex64
             hidden = {n: BACKENDS.pop(n) for n in hide}
             try:
                 row["auto_torch_only_choice"] = choose_backend(q, k, v, ctx)
@@ -428,23 +437,29 @@ def experiments():
     from torch.nn.attention.flex_attention import create_block_mask
     ex = RESULTS.setdefault("experiments", {})
     H, D = Cfg.heads, Cfg.head_dim
-    # 1. flex on 64-token blocks, short documents first (the stretch target).
-    if "flex_bs64" in registered(EXPERIMENTAL):
-        for dist in DISTS:
-            for layout in ("1d", "rows"):
-                if not have(45, f"flex_bs64 {dist} {layout}"):
-                    continue
-                rs = sample_rows(np.random.default_rng(int(DISTS[dist])), DISTS[dist], Cfg.tokens, Cfg.row_len)
-                ctx = prepare(make_boundaries(rs, Cfg.row_len, layout), device=Cfg.device)
-                pairs = useful_pairs([n for r in rs for n in r])
-                res = {}
-                for name in ("flex_bs64", "flex"):
-                    ms, why = time_backend(name, ctx, H, H, D, torch.bfloat16, "fwd_bwd", rep_ms=Cfg.rep_ms)
-                    res[name] = {"ms": ms, "error": why,
-                                 "tflops": 4 * H * D * pairs * 3.5 / ms / 1e9 if ms else None}
-                ex[f"flex_bs64/{dist}/{layout}"] = res
-                log(f"flex_bs64 {dist} {layout}: {res}")
-                save()
+    # 1. The stretch attempts against flex and the best backend, short documents first:
+    #    flex on 64-token blocks; the Triton kernel that tiles the flat buffer (also in the
+    #    calibration table when it passed the reference check).
+    for dist in DISTS:
+        for layout in ("1d", "rows"):
+            names = registered(["flex_bs64"]) + (["flex"] if "flex_bs64" in registered(["flex_bs64"]) else [])
+            if not names or not have(45, f"flex_bs64 {dist} {layout}"):
+                continue
+            rs = sample_rows(np.random.default_rng(int(DISTS[dist])), DISTS[dist], Cfg.tokens, Cfg.row_len)
+            ctx = prepare(make_boundaries(rs, Cfg.row_len, layout), device=Cfg.device)
+            pairs = useful_pairs([n for r in rs for n in r])
+            res = {}
+            for name in names:
+                ms, why = time_backend(name, ctx, H, H, D, torch.bfloat16, "fwd_bwd", rep_ms=Cfg.rep_ms)
+                res[name] = {"ms": ms, "error": why, "tflops": 4 * H * D * pairs * 3.5 / ms / 1e9 if ms else None}
+            ex[f"flex_bs64/{dist}/{layout}"] = res
+            log(f"flex_bs64 {dist} {layout}: {res}")
+            save()
+    if "triton_varlen" in registered(["triton_varlen"]) and have(40, "compile triton_varlen"):
+        row = compile_one("triton_varlen")
+        RESULTS.setdefault("compile", []).append(row)
+        log(f"compile triton_varlen: {row}")
+        save()
     # 2. flex with plain boundaries under compile: the BlockMask is built inside the graph.
     if "flex" in registered(["flex"]) and have(60, "compile flex/plain-boundaries"):
         row = compile_one("flex/plain-boundaries")
@@ -504,6 +519,9 @@ def summary():
             lines.append(f"{dist:>5} {layout:>4} docs={e['docs']:>3}: " +
                          "  ".join(f"{n} {ms:.2f} ({flops / ms / 1e9:.0f})" for n, ms in cells))
             a = autos.get((dist, layout), {})
+            if a.get("auto_with_triton_ms"):
+                lines.append(f"      auto with triton_varlen registered -> {a['auto_with_triton_choice']} "
+                             f"{a['auto_with_triton_ms']:.2f} ms")
             if a.get("auto_ms"):
                 pt = [e["ms"][n] for n in ("flex", "torch_varlen") if n in e["ms"]]
                 to = a.get("auto_torch_only_ms")
@@ -562,9 +580,12 @@ def main() -> int:
         return 1
     from seqpack.attention import register_backend
     from seqpack.attention.flex import Flex
-    # Experiment: flex on 64-token blocks (less waste on short documents). Checked and timed in
-    # part 6; not in the calibration table, and not registered by seqpack itself.
+    from seqpack.attention.triton_varlen import TritonVarlen
+    # Stretch attempts, not registered by seqpack itself: flex on 64-token blocks (less waste
+    # on short documents) and our Triton kernel tiling the flat buffer (several short
+    # documents per tile).
     register_backend(Flex(name="flex_bs64", block_size=64))
+    register_backend(TritonVarlen())
     env()
     if "correctness" not in skip:
         correctness()
