@@ -195,15 +195,14 @@ def main():
     args = parser.parse_args()
 
     import numba
-    lengths = sft_lengths(max(args.docs, *[int(x) for x in args.trl_docs.split(",") if x]),
-                          sigma=args.sigma)
+    sizes = [int(x) for x in args.trl_docs.split(",") if x]
+    lengths = sft_lengths(max([args.docs] + sizes), sigma=args.sigma)
     p50, p90, p99 = np.percentile(lengths[:args.docs], [50, 90, 99])
     print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}")
     print(f"lengths: log-normal median 400, sigma {args.sigma}: p50 {p50:.0f}, p90 {p90:.0f}, "
           f"p99 {p99:.0f}, mean {lengths[:args.docs].mean():.0f}, "
           f"{100 * np.mean(lengths[:args.docs] > args.capacity):.2f}% over capacity")
     bench_strategies(lengths[:args.docs], args.capacity, args.repeats)
-    sizes = [int(x) for x in args.trl_docs.split(",") if x]
     if sizes:
         bench_trl(lengths, sizes, args.capacity, args.repeats)
 

@@ -40,9 +40,11 @@ def _kept(length, capacity, mode):
 @numba.njit(cache=True)
 def pieces_longest_first(lengths, capacity, mode, max_len, doc, start, plen):
     """Cut documents into pieces and write them sorted longest first into doc, start,
-    plen (each (P,) int64, preallocated). A stable counting sort over length: O(n + max_len);
-    ties keep document order, a split document's pieces keep their order.
-    Empty documents give no piece; long ones follow `mode`."""
+    plen (each (P,) int64, preallocated; start zero-filled). A stable counting sort over
+    length: O(n + max_len); ties keep document order, a split document's pieces keep their
+    order. Empty documents give no piece; long ones follow `mode`.
+    Only doc is scattered: plen is written in runs and start only where it is not 0 (most
+    pieces start at 0). Each scattered array costs about as much as the rest of the pass."""
     n = lengths.shape[0]
     # key = max_len - piece length, so ascending keys are descending lengths
     pos = np.zeros(max_len + 1, np.int64)
@@ -57,6 +59,8 @@ def pieces_longest_first(lengths, capacity, mode, max_len, doc, start, plen):
     for key in range(max_len + 1):
         c = pos[key]
         pos[key] = total
+        # all pieces of one key have the same length: fill plen in runs, not by scatter
+        plen[total:total + c] = max_len - key
         total += c
     for i in range(n):
         length = _kept(lengths[i], capacity, mode)
@@ -67,8 +71,8 @@ def pieces_longest_first(lengths, capacity, mode, max_len, doc, start, plen):
             j = pos[key]
             pos[key] = j + 1
             doc[j] = i
-            start[j] = s
-            plen[j] = e - s
+            if s != 0:
+                start[j] = s
             s = e
 
 
@@ -331,11 +335,12 @@ def wrapped(lengths, capacity, max_docs, doc, start, stop, bin_):
 def scatter_by_bin(sdoc, sstart, slen, sorted_bin, pos, doc, start, stop):
     """Counting sort's scatter: piece k (in packing order) of bin b goes to slot pos[b]++.
     pos (num_bins,) starts at each bin's first output slot, so pieces are grouped by bin
-    and keep packing order inside it."""
+    and keep packing order inside it. start must be zero-filled."""
     for k in range(sdoc.shape[0]):
         b = sorted_bin[k]
         j = pos[b]
         pos[b] = j + 1
         doc[j] = sdoc[k]
-        start[j] = sstart[k]
+        if sstart[k] != 0:  # start is zero-filled, see pieces_longest_first
+            start[j] = sstart[k]
         stop[j] = sstart[k] + slen[k]

@@ -316,7 +316,8 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
 
     # bfd / ffd: pieces sorted longest first (a counting sort: lengths are <= capacity)
     max_len = capacity if len(long_docs) else (int(lengths.max()) if n else 0)
-    sdoc, sstart, slen = (np.empty(num_pieces, np.int64) for _ in range(3))
+    sdoc, slen = np.empty(num_pieces, np.int64), np.empty(num_pieces, np.int64)
+    sstart = np.zeros(num_pieces, np.int64)  # the kernel writes only the non-zero starts
     K.pieces_longest_first(lengths, capacity, mode, max_len, sdoc, sstart, slen)
     if window is None:
         window_bounds = np.array([0, num_pieces], np.int64)
@@ -357,7 +358,8 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
     counts[relabel] = ndocs[:nbins]
     offsets = _offsets(counts)
     pos = offsets[:-1][relabel]  # first output slot of each bin, by packing-time bin id
-    doc, start, stop = (np.empty(num_pieces, np.int64) for _ in range(3))
+    doc, stop = np.empty(num_pieces, np.int64), np.empty(num_pieces, np.int64)
+    start = np.zeros(num_pieces, np.int64)  # the kernel writes only the non-zero starts
     K.scatter_by_bin(sdoc, sstart, slen, sorted_bin, pos, doc, start, stop)
     bin_ = np.repeat(np.arange(nbins, dtype=np.int64), counts)
     return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed, **counters)
