@@ -228,25 +228,41 @@ def train_modes(args, docs) -> dict:
           f"{len(docs):,} documents -> {plan.num_bins:,} packed rows (fill {100 * plan.efficiency:.2f}%), "
           f"vocabulary {vocab:,}{' (renumbered by frequency)' if args.vocab else ''}")
 
+    trainers = {mode: Trainer(base.replace(mode=mode, progress=False, out=str(args.out / "train" / mode)),
+                              docs=docs, vocab_size=vocab, plan=plan) for mode in modes}
+    first = trainers[modes[0]]
+    mc = first.model_config
+    print(f"model: GPT {args.preset}, {first.num_params / 1e6:.2f}M parameters ({mc.n_layer} layers, "
+          f"d={mc.n_embd}, {mc.n_head} heads, vocab {pad_vocab(vocab)}), {first.device}, "
+          f"{torch.get_num_threads()} threads, eager")
+    # Rows holding about a dozen documents each: a strict test of isolation on real
+    # conversations (half the rows hold one piece of a long one; the most crowded hold a
+    # pile of one-token documents).
+    per_bin = plan.docs_per_bin()
+    bins = np.argsort(np.abs(per_bin - 12), kind="stable")[:args.rows_per_step]
+    print()
+    print(check_equivalence(first.model, plan, docs, bins).report())
+    print()
+
+    # The modes take turns, 10 steps at a time: on a shared or throttling machine they all
+    # see the same conditions, so their throughputs compare fairly within this run.
     results = {}
-    for i, mode in enumerate(modes):
-        cfg = base.replace(mode=mode, out=str(args.out / "train" / mode))
-        trainer = Trainer(cfg, docs=docs, vocab_size=vocab, plan=plan)
-        if i == 0:
-            mc = trainer.model_config
-            print(f"model: GPT {args.preset}, {trainer.num_params / 1e6:.2f}M parameters ({mc.n_layer} layers, "
-                  f"d={mc.n_embd}, {mc.n_head} heads, vocab {pad_vocab(vocab)}), {trainer.device}, "
-                  f"{torch.get_num_threads()} threads, eager")
-            # Rows holding about a dozen documents each: a strict test of isolation on real
-            # conversations (half the rows hold one piece of a long one; the most crowded
-            # hold a pile of one-token documents).
-            per_bin = plan.docs_per_bin()
-            bins = np.argsort(np.abs(per_bin - 12), kind="stable")[:args.rows_per_step]
-            eq = check_equivalence(trainer.model, plan, docs, bins)
-            print()
-            print(eq.report())
-            print()
-        results[mode] = trainer.run()
+    bar = None
+    if args.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=args.steps * len(modes), desc="training " + "/".join(modes), unit="step")
+    for end in range(10, args.steps + 10, 10):
+        end = min(end, args.steps)
+        for mode, trainer in trainers.items():
+            done = trainer.step
+            results[mode] = trainer.run(steps=end)
+            if bar is not None:
+                bar.update(trainer.step - done)
+                bar.set_postfix_str(" | ".join(f"{m} {r['tok_s'] or 0:,.0f} tok/s" for m, r in results.items()
+                                               if r.get("tok_s")))
+    if bar is not None:
+        bar.close()
     print()
     print(format_train_table(results))
     if "packed" in results and "padded" in results:

@@ -130,6 +130,8 @@ class Trainer:
         self.history: list[float] = []      # mean loss of every step
         self.wall: list[float] = []         # seconds since the run started, at the end of every step
         self.peak = peak_flops(self.device, cfg.peak_tflops)
+        # throughput over every timed window of every run() call (the first step is not timed)
+        self.totals = dict(useful=0, slots=0, docs=0, rows=0, flops=0, seconds=0.0, steps=0)
         if cfg.resume:
             self.load(self._resolve_resume(cfg.resume))
 
@@ -238,7 +240,11 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def run(self, steps: int | None = None, *, on_log=None) -> dict:
-        """Train until ``steps`` (default ``cfg.steps``) optimiser steps are done in total."""
+        """Train until ``steps`` (default ``cfg.steps``) optimiser steps are done in total.
+
+        May be called repeatedly with growing ``steps`` (the demo interleaves modes this
+        way); the summary covers every call since the start (or the resumed step).
+        """
         cfg = self.cfg
         end = cfg.steps if steps is None else steps
         main = self.dist.is_main
@@ -254,7 +260,7 @@ class Trainer:
                 log_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
         pending: list[torch.Tensor] = []
         window = dict(useful=0, slots=0, docs=0, rows=0, flops=0, steps=0)
-        totals = dict(useful=0, slots=0, docs=0, rows=0, flops=0, seconds=0.0, steps=0)
+        totals = self.totals
         t_start = time.perf_counter() - (self.wall[-1] if self.wall else 0.0)
         t_window = time.perf_counter()
         first = self.step
@@ -288,7 +294,7 @@ class Trainer:
                              tok_s=w["useful"] / dt, fill=w["useful"] / max(w["slots"], 1),
                              docs_per_row=w["docs"] / max(w["rows"], 1), seconds=dt)
                 stats["mfu"] = (w["flops"] / dt / (self.peak * self.dist.world)) if self.peak else None
-                if self.step - first > 1:  # the first step compiles and warms up: not timed
+                if self.step > 1:  # the first step compiles and warms up: not timed
                     for k in ("useful", "slots", "docs", "rows", "flops", "steps"):
                         totals[k] += w[k]
                     totals["seconds"] += dt
