@@ -354,7 +354,6 @@ class _Iterator:
         if state is not None:
             self._add(self._restore(state["buffer"]), np.asarray(state["buffer"]["waited"], np.int64))
             self.reader.exhausted = state["exhausted"]
-        self.rows_total = ds.world_size * ds.batch_size
 
     # -- state
 
