@@ -140,18 +140,23 @@ def env():
     log(json.dumps(info))
 
 
-def reference_fp32(q, k, v, cu: list[int], causal, window):
-    """Each segment alone, fp32, on the GPU; flat layout [N, H, D]."""
+def reference_fp32(q, k, v, dout, cu: list[int], causal, window):
+    """Each segment alone in fp32: ``(out, dq, dk, dv)``, flat layout [N, H, D].
+
+    Forward and backward one segment at a time, so memory stays that of the longest one.
+    """
     H, Hkv, D = q.shape[-2], k.shape[-2], q.shape[-1]
     g = H // Hkv
-    out = []
+    out, dq = torch.zeros(q.shape, device=q.device), torch.zeros(q.shape, device=q.device)
+    dk, dv = torch.zeros(k.shape, device=q.device), torch.zeros(v.shape, device=q.device)
     for s, e in zip(cu[:-1], cu[1:]):
         n = e - s
         if n == 0:
             continue
-        qq = q[s:e].float().transpose(0, 1)
-        kk = k[s:e].float().repeat_interleave(g, 1).transpose(0, 1)
-        vv = v[s:e].float().repeat_interleave(g, 1).transpose(0, 1)
+        qs, ks, vs = (x[s:e].float().requires_grad_() for x in (q, k, v))
+        qq = qs.transpose(0, 1)
+        kk = ks.repeat_interleave(g, 1).transpose(0, 1)
+        vv = vs.repeat_interleave(g, 1).transpose(0, 1)
         i = torch.arange(n, device=q.device)[:, None]
         j = torch.arange(n, device=q.device)[None, :]
         ok = torch.ones(n, n, dtype=torch.bool, device=q.device)
@@ -160,8 +165,10 @@ def reference_fp32(q, k, v, cu: list[int], causal, window):
         if window is not None:
             ok &= (i - j < window) if causal else ((i - j).abs() < window)
         sc = (qq @ kk.transpose(-1, -2)) / math.sqrt(D)
-        out.append((sc.masked_fill(~ok, float("-inf")).softmax(-1) @ vv).transpose(0, 1))
-    return torch.cat(out)
+        o = (sc.masked_fill(~ok, float("-inf")).softmax(-1) @ vv).transpose(0, 1)
+        o.backward(dout[s:e].float())
+        out[s:e], dq[s:e], dk[s:e], dv[s:e] = o.detach(), qs.grad, ks.grad, vs.grad
+    return out, dq, dk, dv
 
 
 def batch_boundaries(rng, layout, tokens, row_len, median, special=None):
@@ -209,11 +216,8 @@ def correctness():
         mk = lambda h: torch.randn(*shape, h, c["dim"], device=Cfg.device, generator=g).bfloat16()  # noqa: E731
         q0, k0, v0 = mk(c["heads"]), mk(c["kv"]), mk(c["kv"])
         dout = torch.randn(q0.shape, device=Cfg.device, generator=g).bfloat16()
-        qr, kr, vr = (flat(x).float().requires_grad_() for x in (q0, k0, v0))
-        ref = reference_fp32(qr, kr, vr, cu, c["causal"], c["window"])
-        ref.backward(flat(dout).float())
-        want = (ref.detach(), qr.grad, kr.grad, vr.grad)
-        del ref, qr, kr, vr
+        with torch.enable_grad():
+            want = reference_fp32(flat(q0), flat(k0), flat(v0), flat(dout), cu, c["causal"], c["window"])
         grad_inputs = lambda: tuple(x.clone().requires_grad_() for x in (q0, k0, v0))  # noqa: E731
         support = backend_support(*grad_inputs(), ctx, causal=c["causal"], window=c["window"])
         # the document whose inputs the isolation check replaces

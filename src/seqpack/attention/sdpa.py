@@ -30,6 +30,7 @@ from seqpack.attention.base import AttentionContext, AttentionRequest, Backend, 
 
 __all__ = ["SdpaDense", "SdpaNJT", "ChunkPlan", "chunk_plan", "chunked"]
 
+
 def _sdpa_has_gqa() -> bool:
     try:
         return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
