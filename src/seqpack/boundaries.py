@@ -145,11 +145,13 @@ class DocBoundaries:
         """Rows ``(B, row_len)``: row b holds documents of lengths ``row_lengths[b]``, then padding."""
         counts = np.fromiter((len(r) for r in row_lengths), dtype=np.int64, count=len(row_lengths))
         lens = np.fromiter(itertools.chain.from_iterable(row_lengths), dtype=np.int64, count=int(counts.sum()))
-        return cls._from_row_arrays(lens, counts, int(row_len), max_seqlen)
+        return cls.from_row_arrays(lens, counts, int(row_len), max_seqlen=max_seqlen)
 
     @classmethod
-    def _from_row_arrays(cls, lens: np.ndarray, counts: np.ndarray, row_len: int, max_seqlen: int | None):
-        """Rows from flat document lengths and the number of documents in each row."""
+    def from_row_arrays(cls, lens: np.ndarray, counts: np.ndarray, row_len: int, *,
+                        max_seqlen: int | None = None):
+        """Rows from flat document lengths (numpy) and the number of documents in each row:
+        ``from_row_lengths`` without building nested lists (the collators' fast path)."""
         B = counts.size
         row_of_doc = np.repeat(np.arange(B), counts)
         if (lens < 0).any():

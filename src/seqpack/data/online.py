@@ -472,7 +472,7 @@ class _Iterator:
             counts[row] += 1
             lens[k], doc_index[k], doc_start[k] = L, p.doc, p.start
         if ds.layout == "rows":
-            bounds = DocBoundaries._from_row_arrays(lens, counts, C, ds.max_seqlen)
+            bounds = DocBoundaries.from_row_arrays(lens, counts, C, max_seqlen=ds.max_seqlen)
             shape = (B, C)
         else:
             bounds = DocBoundaries.from_lengths(lens, n, max_seqlen=ds.max_seqlen)

@@ -608,7 +608,7 @@ def read_packed(path, batch_size: int = 8, *, layout: str = "rows", max_num_docs
         labels = np.full(n, IGNORE_INDEX, np.int64)
         if layout == "rows":
             dest = np.repeat(np.arange(B, dtype=np.int64) * cap - row_off[:-1], used) + np.arange(toks.size)
-            bounds = DocBoundaries._from_row_arrays(lens, counts, cap, cap)
+            bounds = DocBoundaries.from_row_arrays(lens, counts, cap, max_seqlen=cap)
             shape = (B, cap)
         elif layout == "1d":
             dest = np.arange(toks.size)
