@@ -60,6 +60,18 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=-2)
 
 
+def segment_ids(b: DocBoundaries) -> torch.Tensor:
+    """int64 ``[numel]``: the segment of every token of the flattened buffer.
+
+    Searches the whole ``cu_seqlens`` (then subtracts one), not ``cu_seqlens[1:]`` as
+    ``DocBoundaries.doc_ids`` does: inductor in torch 2.11 fails to lower ``searchsorted``
+    over a sliced sequence (``NotImplementedError: SliceView``, seen on the H100), and this
+    runs inside compiled models.
+    """
+    pos = torch.arange(b.numel, device=b.device, dtype=b.cu_seqlens.dtype)
+    return torch.searchsorted(b.cu_seqlens, pos, right=True) - 1
+
+
 def flat(x: torch.Tensor) -> torch.Tensor:
     """``[B, L, H, D]`` or ``[T, H, D]`` -> ``[N, H, D]`` (a view when contiguous)."""
     return x.reshape(-1, *x.shape[-2:])

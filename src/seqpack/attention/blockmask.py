@@ -89,17 +89,18 @@ def _block_mask_tensors(cu_seqlens: torch.Tensor, reach: torch.Tensor, B: int, N
     f = torch.arange(nb, device=device, dtype=torch.int64)[None, :] * bs       # [1, nb]
     l = torch.clamp(f + bs, max=N) - 1
     f, l = f.expand(B, nb), l.expand(B, nb)
-    ends = cu[1:].contiguous()
 
+    # searchsorted over the whole cu (minus one), never over a slice of it: inductor in
+    # torch 2.11 fails to lower searchsorted on a sliced sequence (NotImplementedError: SliceView).
     def seg_of(t):  # (start, end) of the segment holding row-relative token t
-        s = torch.searchsorted(ends, t + row_off, right=True)
+        s = torch.searchsorted(cu, t + row_off, right=True) - 1
         return cu[s] - row_off, cu[s + 1] - row_off
 
     seg_f, seg_l = seg_of(f), seg_of(l)
     kv = _block_tables(f, l, seg_f, seg_l, -left, right, nb, bs, width)
     # Transposed: row axis = keys, columns = queries; q - k in [-right, left].
     q = _block_tables(f, l, seg_f, seg_l, -right, left, nb, bs, width)
-    docs = torch.searchsorted(ends, torch.arange(B * N, device=device, dtype=torch.int64), right=True)
+    docs = torch.searchsorted(cu, torch.arange(B * N, device=device, dtype=torch.int64), right=True) - 1
     return kv, q, docs.to(torch.int32).view(B, N)
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from seqpack.attention.base import AttentionContext, AttentionRequest, Backend, flat, left_right_reach, repeat_kv
+from seqpack.attention.base import (AttentionContext, AttentionRequest, Backend, flat, left_right_reach, repeat_kv,
+                                    segment_ids)
 
 __all__ = ["SdpaDense", "SdpaNJT", "ChunkPlan", "chunk_plan", "chunked"]
 
@@ -87,9 +88,16 @@ def chunked(q, k, v, ctx: AttentionContext, req: AttentionRequest):
     """
     b = ctx.boundaries
     plan = chunk_plan(req)
+    docs = segment_ids(b)
     if plan.kind == "rows":
         rows = lambda x: x.reshape(req.batch, req.seqlen, *x.shape[-2:]).transpose(1, 2)  # noqa: E731
-        mask = b.dense_mask(causal=req.causal, window=req.window)
+        ids = docs.view(req.batch, req.seqlen)
+        pos = torch.arange(req.seqlen, device=q.device)
+        offset = pos[None, :] - pos[:, None]  # key position - query position
+        keep = (offset <= 0) if req.causal else torch.ones_like(offset, dtype=torch.bool)
+        if req.window is not None:
+            keep &= offset.abs() < req.window
+        mask = (ids[:, None, :, None] == ids[:, None, None, :]) & keep  # as DocBoundaries.dense_mask
         shape = q.shape
 
         def unchunk(out):
@@ -100,7 +108,6 @@ def chunked(q, k, v, ctx: AttentionContext, req: AttentionRequest):
     N = req.tokens
     n = -(-N // plan.chunk)
     C, W = plan.chunk, plan.chunk + plan.left + plan.right
-    docs = b.doc_ids().reshape(-1)
     qdocs = F.pad(docs, (0, n * C - N), value=-2).view(n, C)
     kdocs = _band_windows(docs, plan, n, fill=-2)
     if plan.left:  # ids of the keys before the buffer: never a real segment, never a padded query
