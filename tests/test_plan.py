@@ -209,7 +209,7 @@ def test_nextfit_and_wrapped_keep_order():
 
 def test_max_docs_per_bin():
     plan = plan_packing([1] * 10, 100, max_docs_per_bin=3)
-    assert plan.docs_per_bin().tolist() == [3, 3, 3, 1] or sorted(plan.docs_per_bin()) == [1, 3, 3, 3]
+    assert sorted(plan.docs_per_bin().tolist()) == [1, 3, 3, 3]
     assert plan_packing([1] * 5, 100, max_docs_per_bin=1).num_bins == 5
     assert plan_packing([1] * 5, 100, strategy="wrapped", max_docs_per_bin=2).num_bins == 3
 

@@ -12,8 +12,8 @@ Notable:
   `overflow='split' | 'truncate' | 'drop'`, and the plan counts what was split, truncated,
   dropped and empty.
 - Fast: 10M documents in well under 2 s on one CPU core (benchmarks/bench_plan.py). Piece
-  lengths are bounded by capacity, so "longest first" is a counting sort, and best fit is a
-  segment tree over free-token values 0..capacity (O(log capacity) per piece). The numba
+  lengths are bounded by capacity, so "longest first" is a counting sort, and best fit finds
+  "the smallest free room >= L" in a two-level bitset over 1..capacity. The numba
   kernels live in `_plan_kernels.py` and are imported on the first call, so importing this
   module does not import numba; the compiled code is cached on disk (`cache=True`).
 - Deterministic: the same inputs give the same plan, byte for byte. bfd/ffd shuffle the
@@ -126,12 +126,13 @@ class PackPlan:
         lower = -(-(self.placed_tokens) // self.capacity)
         return "\n".join([
             f"PackPlan ({self.strategy}, capacity {self.capacity:,})",
-            f"  {self.num_docs:,} documents -> {self.num_pieces:,} pieces in {self.num_bins:,} bins "
-            f"(at least {lower:,} needed)",
+            f"  {self.num_docs:,} documents -> {self.num_pieces:,} pieces in "
+            f"{self.num_bins:,} bins (at least {lower:,} needed)",
             f"  fill {100 * self.efficiency:.2f}% ({self.placed_tokens:,} tokens placed)",
             f"  {mean:.2f} pieces per bin on average, {most} at most",
             f"  split {self.split_docs:,}, truncated {self.truncated_docs:,}, "
-            f"dropped {self.dropped_docs:,} ({self.dropped_tokens:,} tokens), empty {self.empty_docs:,}",
+            f"dropped {self.dropped_docs:,} ({self.dropped_tokens:,} tokens), "
+            f"empty {self.empty_docs:,}",
         ])
 
     def __repr__(self) -> str:
@@ -169,7 +170,8 @@ def _as_lengths(lengths) -> np.ndarray:
             raise ValueError(f"lengths must be integers, got dtype {arr.dtype} "
                              f"(lengths[{i}] = {arr[i]!r}); convert whole-number lengths with "
                              f".astype(np.int64)")
-        raise ValueError(f"lengths must be integers, got dtype {arr.dtype} (lengths[0] = {arr[0]!r})")
+        raise ValueError(f"lengths must be integers, got dtype {arr.dtype} "
+                         f"(lengths[0] = {arr[0]!r})")
     if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
         i = int(np.argmax(arr))
         raise ValueError(f"document {i} has length {arr[i]:,}, which does not fit in int64")
@@ -241,19 +243,21 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         Inside a bin, bfd/ffd order pieces by placement (longest first, ties by document
         then start); nextfit/wrapped by data order. Same inputs -> same plan, byte for byte.
 
-    Cost: O(P + capacity) memory and O(P log capacity) (bfd) / O(P log bins) (ffd) / O(P)
-    (nextfit, wrapped) time, P = number of pieces. bfd keeps a table over 0..capacity, about
-    16 bytes per token of capacity. The first call compiles numba kernels (a few seconds,
-    cached on disk for later processes).
+    Cost: O(n + P + capacity) memory and time for bfd, nextfit and wrapped, O(P log bins)
+    time for ffd; P = number of pieces. bfd keeps a table over 1..capacity, about 8 bytes
+    per token of capacity. The first call compiles numba kernels (a few seconds, cached on
+    disk for later processes).
     """
     lengths = _as_lengths(lengths)
     capacity = _as_positive_int(capacity, "capacity")
     if capacity >= 2**31:
         raise ValueError(f"capacity must be below 2**31, got {capacity:,}")
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(map(repr, STRATEGIES))}")
+        raise ValueError(f"unknown strategy {strategy!r}: use one of "
+                         f"{', '.join(map(repr, STRATEGIES))}")
     if overflow not in OVERFLOWS:
-        raise ValueError(f"unknown overflow {overflow!r}: use one of {', '.join(map(repr, OVERFLOWS))}")
+        raise ValueError(f"unknown overflow {overflow!r}: use one of "
+                         f"{', '.join(map(repr, OVERFLOWS))}")
     max_docs = _as_positive_int(max_docs_per_bin, "max_docs_per_bin", none_ok=True)
     window = _as_positive_int(window, "window", none_ok=True)
     if window is not None and strategy in ("nextfit", "wrapped"):
@@ -274,7 +278,7 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         max_pieces = nonempty + total // capacity + 1
         doc, start, stop, bin_ = (np.empty(max_pieces, np.int64) for _ in range(4))
         num_pieces, nbins = K.wrapped(lengths, capacity, max_docs_k, doc, start, stop, bin_)
-        doc, start, stop, bin_ = doc[:num_pieces], start[:num_pieces], stop[:num_pieces], bin_[:num_pieces]
+        doc, start, stop, bin_ = (a[:num_pieces] for a in (doc, start, stop, bin_))
         offsets = _offsets(np.bincount(bin_, minlength=nbins))
         split_docs = int(np.count_nonzero(np.bincount(doc, minlength=n) > 1)) if n else 0
         return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, total,
