@@ -81,12 +81,12 @@ class Flex(Backend):
         else:
             to, back = (lambda x: x.unsqueeze(0).transpose(1, 2)), (lambda o: o.transpose(1, 2).squeeze(0))
         kwargs = {"enable_gqa": True} if req.gqa_groups > 1 else {}
-        if req.device_type == "cuda":
-            # Every query sees at least itself (padding is a segment), so no row is fully masked.
-            opts = {"ROWS_GUARANTEED_SAFE": True}
-            if self.block_size < 128:
-                opts.update(_small_block_options(self.block_size))
-            kwargs["kernel_options"] = opts
+        # No ROWS_GUARANTEED_SAFE, although every query sees itself: a query can meet a block
+        # where all its keys are masked before any unmasked one (a later document of the
+        # tile), and the flag drops the kernel's guard for exactly that: exp2(-inf - -inf) is
+        # NaN. Seen on the H100 with torch 2.11: NaN in every output.
+        if req.device_type == "cuda" and self.block_size < 128:
+            kwargs["kernel_options"] = _small_block_options(self.block_size)
         if not req.requires_grad:  # flex refuses CPU inputs that require grad even under no_grad
             q, k, v = q.detach(), k.detach(), v.detach()
         out = _flex_fn()(to(q), to(k), to(v), block_mask=bm, scale=scale, **kwargs)
