@@ -41,7 +41,7 @@ class TrainConfig:
     rows_per_micro: int | None = None  # rows per micro-batch per rank (packed/naive); None = all
     loader: str = "offline"          # offline: plan the corpus once; online: the data stage's stream packer
     mode: str = "packed"             # packed | naive | padded
-    layout: str = "1d"               # packed mode: 1d buffer or rows
+    layout: str = "auto"             # packed mode: 1d buffer, rows, or auto (1d on GPU, rows on CPU)
     pad_batch: int = 8               # padded mode: documents per micro-batch
     pad_multiple: int | None = None  # padded mode: pad to longest rounded to this; 0 = power of two; None = auto
     max_num_docs: int | None = None  # packed mode: static cu_seqlens size; None = from the plan
@@ -60,6 +60,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"              # auto | bf16 | fp32 (bf16 = autocast, parameters stay fp32)
     compile: str = "auto"            # auto | none | model | blocks
+    compile_backend: str = "inductor"  # torch.compile backend (tests use aot_eager: same graphs, no codegen)
     dist: str = "auto"               # auto | none | ddp | fsdp
     threads: int | None = None       # CPU threads (torch.set_num_threads)
     # output
@@ -95,7 +96,8 @@ _HELP = {
     "loader": "offline: plan the whole corpus once (global best fit); online: pack while reading "
               "(seqpack.data.online, rank-balanced attention work)",
     "mode": "packed (block-diagonal), naive (packed rows, cross-document attention), padded (one doc per row)",
-    "layout": "packed mode: 1d buffer (varlen style) or rows",
+    "layout": "packed mode: 1d buffer (varlen style) or rows; auto = 1d on GPU, rows on CPU (where the dense-mask "
+              "backend pays for the band a 1D buffer needs)",
     "pad_batch": "padded mode: documents per micro-batch",
     "pad_multiple": "padded mode: pad each micro-batch to its longest document rounded up to this multiple; "
                     "0 = power-of-two buckets (few shapes); default: 0 when compiled, 8 eager",
@@ -107,7 +109,8 @@ _HELP = {
     "peak_tflops": "peak TFLOP/s of one device for MFU (default: known GPUs, none on CPU)",
 }
 
-_CHOICES = {"loader": ("offline", "online"), "mode": ("packed", "naive", "padded"), "layout": ("1d", "rows"), "positions": ("doc", "buffer"),
+_CHOICES = {"loader": ("offline", "online"), "mode": ("packed", "naive", "padded"),
+            "layout": ("auto", "1d", "rows"), "positions": ("doc", "buffer"),
             "compile": ("auto", "none", "model", "blocks"), "dist": ("auto", "none", "ddp", "fsdp"),
             "dtype": ("auto", "bf16", "fp32"), "strategy": ("bfd", "ffd", "nextfit", "wrapped")}
 

@@ -117,7 +117,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = GPT(self.model_config).to(self.device)
         self.num_params = self.model.num_params()
-        common = dict(capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode, layout=cfg.layout,
+        layout = cfg.layout if cfg.layout != "auto" else ("1d" if self.device.type == "cuda" else "rows")
+        common = dict(capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode, layout=layout,
                       rows_per_micro=cfg.rows_per_micro, pad_batch=cfg.pad_batch, pad_multiple=self._pad_multiple(),
                       max_num_docs=cfg.max_num_docs, seed=cfg.seed, rank=self.dist.rank, world=self.dist.world)
         if cfg.loader == "online":
@@ -155,7 +156,7 @@ class Trainer:
     def _wrap_model(self):
         """Compile and/or shard the model; returns the callable used for forward passes."""
         model, kind = self.model, self._compile_kind()
-        compile_kw = dict(fullgraph=True, dynamic=False)
+        compile_kw = dict(fullgraph=True, dynamic=False, backend=self.cfg.compile_backend)
         if kind != "none":
             raise_recompile_limit()
         if kind == "blocks":
