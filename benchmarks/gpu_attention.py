@@ -17,8 +17,8 @@ Parts, in this order, each in its own try/except so one failure never hides the 
   4. BlockMask construction per batch (ours compiled, eager; then create_block_mask);
   5. compile: a small attention block per backend under torch.compile(fullgraph=True,
      dynamic=False): no graph break, no recompilation across 3 batches of different layouts;
-  6. experiments, while time is left (--budget-s): flex on 64-token blocks (flex_bs64),
-     flex with plain boundaries under compile (BlockMask built inside the graph), narrow
+  6. experiments, while time is left (--budget-s): the Triton kernel under compile, flex
+     with plain boundaries under compile (BlockMask built inside the graph), narrow
      BlockMask tables, create_block_mask as a baseline;
   7. a short table, printed last. Everything also goes to $OUT/gpu_attention.json.
 Timings: triton.testing.do_bench medians (25 ms warm-up, --rep-ms); "useful" TFLOP/s count
@@ -52,7 +52,7 @@ TOL = 5e-3
 FA = ("flash_attn.cute", "flash_attn_interface", "flash_attn")
 # Not registered by seqpack itself; registered here, checked, and timed (stretch attempts).
 # The cases each one is checked on (compiles and autotuning cost time).
-EXPERIMENTAL = {"flex_bs64": {0}, "triton_varlen": {0, 1, 2, 3, 4}}
+EXPERIMENTAL = {"triton_varlen": {0, 1, 2, 3, 4}}
 
 
 class Cfg:
@@ -279,7 +279,7 @@ def calibration(medians):
     from seqpack.attention import BACKENDS
     from seqpack.attention.bench import _match_of, calibrate
     from seqpack.attention.select import register_table
-    names = [n for n in BACKENDS if n not in ("eager", "flex_bs64")]  # flex_bs64: timed in part 6
+    names = [n for n in BACKENDS if n != "eager"]
     table = calibrate(Cfg.device, tokens=Cfg.tokens, row_len=Cfg.row_len, heads=Cfg.heads, kv_heads=Cfg.heads,
                       head_dim=Cfg.head_dim, dtype=torch.bfloat16, medians=medians, layouts=("rows", "1d"),
                       modes=("fwd_bwd",), backends=names, warmup_ms=25, rep_ms=Cfg.rep_ms, log=log)
@@ -319,12 +319,9 @@ def auto_timing():
             finally:
                 BACKENDS.update(exp)
             if registered(["triton_varlen"]):  # what auto would give with our kernel registered
-                flex64 = BACKENDS.pop("flex_bs64", None)
                 row["auto_with_triton_choice"] = choose_backend(q, k, v, ctx)
                 row["auto_with_triton_ms"], _ = time_backend("auto", ctx, H, H, D, torch.bfloat16, "fwd_bwd",
                                                              rep_ms=Cfg.rep_ms)
-                if flex64 is not None:
-                    BACKENDS["flex_bs64"] = flex64
             hidden = {n: BACKENDS.pop(n) for n in hide}
             try:
                 row["auto_torch_only_choice"] = choose_backend(q, k, v, ctx)
@@ -347,9 +344,20 @@ def blockmask_timing():
         for layout in ("rows", "1d"):
             b = make_boundaries(rs, Cfg.row_len, layout).to(Cfg.device)
             row = {"dist": dist, "layout": layout, "docs": sum(map(len, rs))}
-            row["ours_eager_ms"] = bench_ms(lambda: build_block_mask(b, compiled=False))
-            if Cfg.device == "cuda":  # compiling the builder takes minutes on a CPU (smoke run)
-                row["ours_compiled_ms"] = bench_ms(lambda: build_block_mask(b, compiled=True))
+            row["ours_eager_ms"] = bench_ms(lambda: build_block_mask(b, impl="eager"))
+            if Cfg.device != "cuda":  # the smoke run stops here: the rest compiles (minutes on a CPU)
+                rows.append(row)
+                continue
+            row["ours_compiled_ms"] = bench_ms(lambda: build_block_mask(b, impl="compiled"))
+            try:
+                row["ours_triton_ms"] = bench_ms(lambda: build_block_mask(b, impl="triton"))
+                ref, got = build_block_mask(b, impl="eager"), build_block_mask(b, impl="triton")
+                row["triton_tables_equal"] = all(
+                    torch.equal(getattr(ref, n).int(), getattr(got, n).int())
+                    for n in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices",
+                              "q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices"))
+            except Exception as e:
+                row["triton_error"] = f"{type(e).__name__}: {e}"[:300]
             rows.append(row)
             log(f"blockmask {dist:>5} {layout:>4}: {row}")
     RESULTS["blockmask"] = rows
@@ -398,6 +406,13 @@ def compile_one(name: str) -> dict:
         if w_why is not None:
             window, row["note"] = None, f"no window: {w_why}"
     try:
+        # Batches first: prepare() runs the (separately compiled) BlockMask builder, whose
+        # graphs must not count as the model's.
+        args = []
+        for i, median in enumerate([150, 400, 1500]):
+            rs = sample_rows(np.random.default_rng(100 + i), median * T // 32768 or 8, T, M)
+            b = make_boundaries(rs, M, "1d").static(max_docs)
+            args.append(b.to(dev) if plain else prepare(b, device=dev, window=[None, window]))
         torch._dynamo.reset()
         counters.clear()
         torch.manual_seed(0)
@@ -405,10 +420,7 @@ def compile_one(name: str) -> dict:
         compiled = torch.compile(model, fullgraph=True, dynamic=False, backend=Cfg.compile_backend)
         seen = []
         t0 = time.time()
-        for i, median in enumerate([150, 400, 1500]):
-            rs = sample_rows(np.random.default_rng(100 + i), median * T // 32768 or 8, T, M)
-            b = make_boundaries(rs, M, "1d").static(max_docs)
-            arg = b.to(dev) if plain else prepare(b, device=dev, window=[None, window])
+        for i, arg in enumerate(args):
             x = torch.randn(T, H * D, device=dev, dtype=torch.bfloat16, requires_grad=True)
             with torch._dynamo.config.patch(error_on_recompile=i > 0):
                 y = compiled(x, arg)
@@ -443,34 +455,26 @@ def compile_check():
 def experiments():
     from seqpack.attention import varlen_attention
     from seqpack.attention.base import AttentionContext
-    from seqpack.attention.bench import make_boundaries, sample_rows, time_backend, useful_pairs
+    from seqpack.attention.bench import make_boundaries, sample_rows
     from seqpack.attention.blockmask import build_block_mask
-    from seqpack.attention.api import prepare
     from torch.nn.attention.flex_attention import create_block_mask
     ex = RESULTS.setdefault("experiments", {})
     H, D = Cfg.heads, Cfg.head_dim
-    # 1. The stretch attempts against flex and the best backend, short documents first:
-    #    flex on 64-token blocks; the Triton kernel that tiles the flat buffer (also in the
-    #    calibration table when it passed the reference check).
-    for dist in DISTS:
-        for layout in ("1d", "rows"):
-            names = registered(["flex_bs64"]) + (["flex"] if "flex_bs64" in registered(["flex_bs64"]) else [])
-            if not names or not have(45, f"flex_bs64 {dist} {layout}"):
-                continue
-            rs = sample_rows(np.random.default_rng(int(DISTS[dist])), DISTS[dist], Cfg.tokens, Cfg.row_len)
-            ctx = prepare(make_boundaries(rs, Cfg.row_len, layout), device=Cfg.device)
-            pairs = useful_pairs([n for r in rs for n in r])
-            res = {}
-            for name in names:
-                ms, why = time_backend(name, ctx, H, H, D, torch.bfloat16, "fwd_bwd", rep_ms=Cfg.rep_ms)
-                res[name] = {"ms": ms, "error": why, "tflops": 4 * H * D * pairs * 3.5 / ms / 1e9 if ms else None}
-            ex[f"flex_bs64/{dist}/{layout}"] = res
-            log(f"flex_bs64 {dist} {layout}: {res}")
-            save()
+    # 1. The stretch attempt (triton_varlen) is timed in the calibration with the others;
+    #    here it gets its compile check. (flex on 64-token blocks, the first attempt, cannot
+    #    compile its backward: inductor filters its default configs by divisibility with the
+    #    sparse block before applying kernel_options; NoValidChoicesError on the H100.)
     if "triton_varlen" in registered(["triton_varlen"]) and have(40, "compile triton_varlen"):
         row = compile_one("triton_varlen")
         RESULTS.setdefault("compile", []).append(row)
         log(f"compile triton_varlen: {row}")
+        save()
+    if Cfg.device == "cuda" and have(40, "triton_varlen tile sweep"):
+        try:
+            ex["triton_tile_sweep"] = triton_tile_sweep()
+        except Exception as e:
+            ex["triton_tile_sweep_error"] = f"{type(e).__name__}: {e}"[:500]
+        log(f"triton tile sweep: {ex.get('triton_tile_sweep', ex.get('triton_tile_sweep_error'))}")
         save()
     # 2. flex with plain boundaries under compile: the BlockMask is built inside the graph.
     if "flex" in registered(["flex"]) and have(60, "compile flex/plain-boundaries"):
@@ -492,6 +496,7 @@ def experiments():
                  - varlen_attention(q, q, q, narrow, backend="flex").float()).abs().max()
             ex["narrow_max_diff"] = float(d)
             ex["narrow_build_ms"] = bench_ms(lambda: build_block_mask(b, narrow=True))
+            ex["narrow_compiled_build_ms"] = bench_ms(lambda: build_block_mask(b, narrow=True, impl="compiled"))
         except Exception as e:
             ex["narrow_error"] = f"{type(e).__name__}: {e}"[:500]
         log(f"narrow: {ex.get('narrow_max_diff')}, {ex.get('narrow_build_ms')} ms, {ex.get('narrow_error')}")
@@ -511,6 +516,33 @@ def experiments():
         except Exception as e:
             ex[f"create_block_mask_{layout}_error"] = f"{type(e).__name__}: {e}"[:300]
         log(f"create_block_mask {layout}: {ex.get(f'create_block_mask_{layout}_ms')}")
+
+
+def triton_tile_sweep() -> list[dict]:
+    """Every tile configuration of each Triton kernel checked alone (the others at their first
+    configuration) against the fp32 reference, on 4096 tokens of short documents: which
+    configurations the autotuner may pick safely."""
+    from seqpack.attention import triton_varlen as tv
+    from seqpack.attention.base import left_right_reach
+    rng = np.random.default_rng(7)
+    b = batch_boundaries(rng, "1d", 4096, 1024, 150).to("cuda")
+    cu = b.cu_seqlens.tolist()
+    g = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v, do = (torch.randn(4096, 8, 128, device="cuda", generator=g).bfloat16() for _ in range(4))
+    with torch.enable_grad():
+        want = reference_fp32(q, k, v, do, cu, True, None)
+    left, right = left_right_reach(True, None, b.max_seqlen)
+    scale = 1 / math.sqrt(128)
+    rows = []
+    for kind, configs in (("fwd", tv.FWD_CONFIGS), ("dkdv", tv.DKDV_CONFIGS), ("dq", tv.DQ_CONFIGS)):
+        for c in configs:
+            fwd = c if kind == "fwd" else tv.FWD_CONFIGS[0]
+            bwd = (c if kind == "dkdv" else tv.DKDV_CONFIGS[0], c if kind == "dq" else tv.DQ_CONFIGS[0])
+            o, lse = tv.varlen_fwd(q, k, v, b.cu_seqlens, scale, left, right, blocks=fwd)
+            dq, dk, dv = tv.varlen_bwd(do, q, k, v, o, lse, b.cu_seqlens, scale, left, right, blocks=bwd)
+            errs = {n: rel(a, w) for n, a, w in zip(("out", "dq", "dk", "dv"), (o, dq, dk, dv), want)}
+            rows.append({"kernel": kind, "config": c, **{n: round(e, 5) for n, e in errs.items()}})
+    return rows
 
 
 def summary():
@@ -545,12 +577,14 @@ def summary():
                              f"without FA: {a.get('auto_torch_only_choice')} {to or float('nan'):.2f} ms = "
                              f"{(min(pt) / to) if pt and to else float('nan'):.3f}x the better of flex/varlen")
     for r in RESULTS.get("blockmask", []):
-        lines.append(f"blockmask {r['dist']:>5} {r['layout']:>4} ({r['docs']} docs): compiled "
-                     f"{r.get('ours_compiled_ms', float('nan')):.3f} ms, eager {r['ours_eager_ms']:.3f} ms")
+        lines.append(f"blockmask {r['dist']:>5} {r['layout']:>4} ({r['docs']} docs): triton "
+                     f"{r.get('ours_triton_ms', float('nan')):.3f} ms (tables equal: {r.get('triton_tables_equal')}), "
+                     f"compiled {r.get('ours_compiled_ms', float('nan')):.3f} ms, eager {r['ours_eager_ms']:.3f} ms")
     ex = RESULTS.get("experiments", {})
-    for k, v in ex.items():
-        if k.startswith("flex_bs64/"):
-            lines.append(f"{k}: " + ", ".join(f"{n} {d['ms'] or float('nan'):.2f} ms" for n, d in v.items()))
+    bad_tiles = [(r["kernel"], r["config"]) for r in ex.get("triton_tile_sweep", [])
+                 if max(r[n] for n in ("out", "dq", "dk", "dv")) > TOL]
+    if "triton_tile_sweep" in ex:
+        lines.append(f"triton_varlen tile configs over {TOL}: {bad_tiles or 'none'}")
     for k in ("narrow_max_diff", "narrow_build_ms", "create_block_mask_rows_ms", "create_block_mask_1d_ms"):
         if k in ex:
             lines.append(f"{k}: {ex[k]:.4g}")
@@ -594,12 +628,9 @@ def main() -> int:
         print("no CUDA device (use --smoke to check the script on a CPU)", flush=True)
         return 1
     from seqpack.attention import register_backend
-    from seqpack.attention.flex import Flex
     from seqpack.attention.triton_varlen import TritonVarlen
-    # Stretch attempts, not registered by seqpack itself: flex on 64-token blocks (less waste
-    # on short documents) and our Triton kernel tiling the flat buffer (several short
-    # documents per tile).
-    register_backend(Flex(name="flex_bs64", block_size=64))
+    # The stretch attempt, not registered by seqpack itself: our Triton kernel tiling the
+    # flat buffer (several short documents per tile).
     register_backend(TritonVarlen())
     env()
     if "correctness" not in skip:

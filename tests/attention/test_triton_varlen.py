@@ -1,4 +1,5 @@
-"""The experimental Triton varlen kernel, run by Triton's CPU interpreter (skipped without Triton).
+"""The Triton kernels (the varlen attention kernel, the BlockMask builder) run by Triton's CPU
+interpreter; skipped without Triton.
 
 The interpreter must be chosen before triton is imported, so the check runs in a child
 process with ``TRITON_INTERPRET=1``. It compares the forward and the three gradients with
@@ -19,7 +20,7 @@ from seqpack.attention.base import AttentionContext
 from seqpack.attention.triton_varlen import TritonVarlen
 from seqpack.boundaries import DocBoundaries
 
-CHECK = r'''
+PRELUDE = r'''
 import sys
 import torch
 import triton.runtime.interpreter as ti
@@ -33,6 +34,9 @@ def _patched(tensor, scope):
 ti._patch_lang_tensor = _patched
 
 sys.path.insert(0, sys.argv[1])
+'''
+
+CHECK = PRELUDE + r'''
 from attn_ref import grads, make_qkv, reference, rel_err
 from seqpack.attention.base import left_right_reach
 from seqpack.attention.triton_varlen import varlen_bwd, varlen_fwd
@@ -63,12 +67,54 @@ print("ok")
 '''
 
 
-def test_kernels_match_reference_in_the_interpreter():
+BLOCKMASK_CHECK = PRELUDE + r'''
+import random
+from seqpack.attention._blockmask_triton import block_mask_tensors
+from seqpack.attention.base import left_right_reach
+from seqpack.attention.blockmask import _block_mask_tensors
+from seqpack.boundaries import DocBoundaries
+
+r = random.Random(0)
+for trial in range(16):
+    bs = r.choice([2, 4, 16])
+    if trial % 2:
+        L = r.randint(1, 40)
+        rows = [[r.randint(1, L)] * r.randint(0, 3) for _ in range(r.randint(1, 3))]
+        rows = [row if sum(row) <= L else [L] for row in rows]
+        b = DocBoundaries.from_row_lengths(rows, L)
+        B, N = b.shape
+    else:
+        lens = [r.randint(0, 20) for _ in range(r.randint(0, 6))]
+        b = DocBoundaries.from_lengths(lens, sum(lens) + r.randint(1, 30), max_seqlen=max(lens + [1]) + 4)
+        B, N = 1, b.shape[0]
+    b = b.static(b.num_segments + r.randint(0, 3))
+    causal, window = r.random() < 0.5, r.choice([None, 1, 3, 7])
+    left, right = left_right_reach(causal, window, b.max_seqlen)
+    nb = -(-N // bs)
+    width = r.choice([nb, min(nb, 1 + 2 * -(-max(b.max_seqlen - 1, 0) // bs))])
+    want = _block_mask_tensors(b.cu_seqlens, torch.tensor([left, right]), B, N, bs, width)
+    got = block_mask_tensors(b.cu_seqlens, left, right, B, N, bs, width)
+    for w, g in zip(want[0] + want[1] + (want[2],), got[0] + got[1] + (got[2],)):
+        assert torch.equal(w.int(), g.int()), (trial, w, g)
+print("ok")
+'''
+
+
+def run_interpreted(code: str):
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     here = str(Path(__file__).parent)
-    out = subprocess.run([sys.executable, "-c", CHECK, here], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_kernels_match_reference_in_the_interpreter():
+    run_interpreted(CHECK)
+
+
+def test_triton_block_mask_builder_equals_the_torch_one():
+    """The one-launch CUDA builder computes exactly the torch builder's tables."""
+    run_interpreted(BLOCKMASK_CHECK)
 
 
 def test_backend_refuses_what_it_cannot_run():

@@ -45,17 +45,15 @@ def block_mask_for(ctx: AttentionContext, causal: bool, window: int | None, bloc
     return bm
 
 
-def _small_block_options(bs: int) -> dict:
-    # flex's kernel tiles must divide the sparse block: forward BLOCK_M x BLOCK_N, backward
-    # dK/dV tiles BLOCK_M1 x BLOCK_N1 and dQ tiles BLOCK_M2 x BLOCK_N2.
-    return {"BLOCK_M": bs, "BLOCK_N": bs, "BLOCK_M1": bs // 2, "BLOCK_N1": bs, "BLOCK_M2": bs, "BLOCK_N2": bs // 2}
-
-
 class Flex(Backend):
-    """flex_attention; ``block_size`` is the BlockMask's (and, below 128, the kernel's) tile."""
+    """flex_attention on 128-token blocks.
 
-    def __init__(self, name: str = "flex", block_size: int = 128):
-        self.name, self.block_size = name, block_size
+    64-token blocks (less waste on short documents) were tried: the backward does not
+    compile on the H100 (torch 2.11), since inductor keeps only its default backward
+    configs whose tiles divide the sparse block, and for head dim 128 none does.
+    """
+
+    name = "flex"
 
     def supports(self, req):
         if req.device_type not in ("cuda", "cpu"):
@@ -74,19 +72,17 @@ class Flex(Backend):
         return None
 
     def __call__(self, q, k, v, ctx, req, scale):
-        bm = block_mask_for(ctx, req.causal, req.window, self.block_size)
+        bm = block_mask_for(ctx, req.causal, req.window)
         # [B, L, H, D] -> [B, H, L, D]; [T, H, D] -> [1, H, T, D] with the same strides as B=1 rows
         if req.layout == "rows":
             to, back = (lambda x: x.transpose(1, 2)), (lambda o: o.transpose(1, 2))
         else:
             to, back = (lambda x: x.unsqueeze(0).transpose(1, 2)), (lambda o: o.transpose(1, 2).squeeze(0))
         kwargs = {"enable_gqa": True} if req.gqa_groups > 1 else {}
-        # No ROWS_GUARANTEED_SAFE, although every query sees itself: a query can meet a block
-        # where all its keys are masked before any unmasked one (a later document of the
-        # tile), and the flag drops the kernel's guard for exactly that: exp2(-inf - -inf) is
-        # NaN. Seen on the H100 with torch 2.11: NaN in every output.
-        if req.device_type == "cuda" and self.block_size < 128:
-            kwargs["kernel_options"] = _small_block_options(self.block_size)
+        # No kernel_options={"ROWS_GUARANTEED_SAFE": True}, although every query sees itself:
+        # a query can meet a block where all its keys are masked before any unmasked one (a
+        # later document of the tile), and the flag drops the kernel's guard for exactly that,
+        # exp2(-inf - -inf) = NaN. Seen on the H100 with torch 2.11: NaN in every output.
         if not req.requires_grad:  # flex refuses CPU inputs that require grad even under no_grad
             q, k, v = q.detach(), k.detach(), v.detach()
         out = _flex_fn()(to(q), to(k), to(v), block_mask=bm, scale=scale, **kwargs)
