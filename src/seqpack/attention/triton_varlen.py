@@ -312,6 +312,8 @@ class TritonVarlen(Backend):
         d = req.head_dim
         if d < 16 or d > 128 or d & (d - 1):
             return f"head_dim {d}: the Triton varlen kernel wants a power of two in 16..128"
+        if req.tokens * req.num_heads * d >= 2**31:
+            return "more than 2**31 elements per tensor: the Triton varlen kernel indexes with int32"
         return None
 
     def __call__(self, q, k, v, ctx, req, scale):
