@@ -34,14 +34,13 @@ def _flex_fn():
     return _compiled_flex
 
 
-def block_mask_for(ctx: AttentionContext, causal: bool, window: int | None, block_size: int = 128):
+def block_mask_for(ctx: AttentionContext, causal: bool, window: int | None):
     """The context's BlockMask for (causal, window), built and cached on first use."""
-    key = (causal, window) if block_size == 128 else (causal, window, block_size)
-    bm = ctx.block_masks.get(key)
+    bm = ctx.block_masks.get((causal, window))
     if bm is None:
-        bm = build_block_mask(ctx.boundaries, causal=causal, window=window, block_size=block_size)
+        bm = build_block_mask(ctx.boundaries, causal=causal, window=window)
         if not torch.compiler.is_compiling():
-            ctx.block_masks[key] = bm
+            ctx.block_masks[(causal, window)] = bm
     return bm
 
 
