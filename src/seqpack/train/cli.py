@@ -23,14 +23,15 @@ def run(args) -> int:
     from seqpack.train.trainer import Trainer, load_documents
 
     cfg = config_from_args(args)
-    docs = vocab = None
+    docs = vocab = plan = None
     if args.vocab:
         from seqpack.train.data import compact_vocab
 
-        docs, _ = load_documents(cfg.data, cfg.max_docs)
+        docs, _, plan = load_documents(cfg.data, cfg.max_docs)
         docs, _ = compact_vocab(docs, args.vocab)
         vocab = args.vocab
-    trainer = Trainer(cfg, docs=docs, vocab_size=vocab)
+    trainer = Trainer(cfg, docs=docs, vocab_size=vocab, plan=plan)
+    cfg = trainer.cfg  # a stored packing fixes the capacity
     if trainer.dist.is_main:
         mc = trainer.model_config
         print(f"model: {trainer.num_params / 1e6:.2f}M parameters ({mc.n_layer} layers, d={mc.n_embd}, "

@@ -50,14 +50,30 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def load_documents(spec: str, max_docs: int | None = None):
-    """``(Documents, vocab_size)`` for a data spec: "chitchat", or anything
-    `seqpack.data.sources.open_source` reads (Parquet of documents, JSONL, ``hf:NAME``)."""
+    """``(Documents, vocab_size, plan)`` for a data spec.
+
+    - ``"chitchat"``: the bundled corpus (plan None: the loader plans it).
+    - a `seqpack pack` output (Parquet file or directory with seqpack metadata): its rows
+      as stored; every stored piece becomes a document and ``plan`` puts them back in
+      their rows, so training sees exactly the packed rows (see `load_packed_rows`).
+    - anything else `seqpack.data.sources.open_source` reads (Parquet/JSONL of documents,
+      ``hf:NAME[:SPLIT]`` for a Hugging Face dataset): documents, plan None.
+    """
     from seqpack.batch import Documents
 
     if spec == "chitchat":
         from seqpack.data.corpus import VOCAB_SIZE, load_chitchat
 
-        return load_chitchat(max_docs), VOCAB_SIZE
+        return load_chitchat(max_docs), VOCAB_SIZE, None
+    if not spec.startswith("hf:") and Path(spec).exists():
+        try:
+            from seqpack.data.pack import packed_metadata
+
+            packed_metadata(spec)
+        except (ValueError, OSError, KeyError):
+            pass
+        else:
+            return load_packed_rows(spec)
     from seqpack.data.sources import open_source
 
     source = spec
@@ -66,7 +82,7 @@ def load_documents(spec: str, max_docs: int | None = None):
 
         name, *rest = spec[3:].split(":")
         source = datasets.load_dataset(name, split=rest[0] if rest else "train")
-    toks, offs, labs, n = [], [0], [], 0
+    toks, offs, labs, n = [], [np.zeros(1, np.int64)], [], 0
     has_labels = False
     for chunk in open_source(source).chunks():
         toks.append(np.asarray(chunk.tokens, dtype=np.int64))
@@ -86,7 +102,54 @@ def load_documents(spec: str, max_docs: int | None = None):
         end = int(offsets[max_docs])
         docs = Documents(tokens[:end], offsets[:max_docs + 1], None if labels is None else labels[:end])
     vocab = int(tokens.max()) + 1 if tokens.size else 1
-    return docs, vocab
+    return docs, vocab, None
+
+
+def load_packed_rows(path):
+    """A `seqpack pack` output as ``(Documents, vocab_size, PackPlan)``: piece k of the
+    file is document k, and the plan's bin r holds row r's pieces in their stored order.
+
+    Labels are kept: stored next-token labels (``label_shift="collator"``) are moved one
+    place right so that the trainer's collation reads them back, at the cost of the target
+    of a split piece's last token (the first token of the next piece), which becomes -100.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqpack.batch import IGNORE_INDEX, Documents
+    from seqpack.data.pack import packed_files, packed_metadata
+    from seqpack.plan import PackPlan
+
+    meta = packed_metadata(path)
+    cap = int(meta["capacity"])
+    table = pa.concat_tables([pq.read_table(f, columns=["input_ids", "labels", "doc_lengths"])
+                              for f in packed_files(path)]).combine_chunks()
+
+    def flat(name):
+        col = table.column(name).chunk(0) if table.column(name).num_chunks else pa.array([], pa.list_(pa.int32()))
+        return np.asarray(col.values), np.asarray(col.offsets, dtype=np.int64)
+
+    tokens, _ = flat("input_ids")
+    labels, _ = flat("labels")
+    lens, row_off = flat("doc_lengths")
+    lens = lens.astype(np.int64)
+    offsets = np.zeros(lens.size + 1, np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    labels = labels.astype(np.int64)
+    if meta.get("label_shift", "model") == "collator":
+        shifted = np.empty_like(labels)
+        shifted[1:] = labels[:-1]
+        shifted[offsets[:-1]] = IGNORE_INDEX
+        labels = shifted
+    docs = Documents(tokens.astype(np.int64), offsets, labels)
+    counts = np.diff(row_off)
+    P = lens.size
+    plan = PackPlan(doc=np.arange(P, dtype=np.int64), start=np.zeros(P, np.int64), stop=lens,
+                    bin=np.repeat(np.arange(counts.size, dtype=np.int64), counts), bin_offsets=row_off,
+                    num_bins=int(counts.size), capacity=cap, num_docs=P,
+                    strategy=f"{meta.get('strategy', '?')} (stored)", placed_tokens=int(lens.sum()))
+    vocab = int(tokens.max()) + 1 if tokens.size else 1
+    return docs, vocab, plan
 
 
 def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
@@ -109,7 +172,10 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if docs is None:
-            docs, vocab_size = load_documents(cfg.data, cfg.max_docs)
+            docs, vocab_size, stored = load_documents(cfg.data, cfg.max_docs)
+            plan = stored if stored is not None else plan
+        if plan is not None and plan.capacity != cfg.capacity:
+            cfg = self.cfg = cfg.replace(capacity=plan.capacity)  # stored rows fix the capacity
         self.docs = docs
         self.use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
         self.model_config = gpt_config(cfg.preset, vocab_size=pad_vocab(vocab_size or 50257),
