@@ -33,7 +33,7 @@ import torch
 from seqpack.attention.base import left_right_reach
 from seqpack.boundaries import DocBoundaries
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
+HAVE_TRITON = importlib.util.find_spec("triton") is not None  # cheap; the import is tried on use
 
 __all__ = ["build_block_mask", "doc_mask_mod"]
 
@@ -139,6 +139,22 @@ def _compiled_builder():
     return _compiled
 
 
+_TRITON_BUILDER = []
+
+
+def _triton_builder():
+    """The one-launch Triton builder, or None if Triton does not import."""
+    if not _TRITON_BUILDER:
+        fn = None
+        if HAVE_TRITON:
+            try:
+                from seqpack.attention._blockmask_triton import block_mask_tensors as fn
+            except Exception:
+                fn = None
+        _TRITON_BUILDER.append(fn)
+    return _TRITON_BUILDER[0]
+
+
 _REACH = {}
 
 
@@ -183,17 +199,21 @@ def build_block_mask(boundaries: DocBoundaries, *, causal: bool = True, window: 
     left, right = left_right_reach(causal, window, M)
     reach = _reach_tensor(left, right, boundaries.device)
     cu = boundaries.cu_seqlens
-    if impl == "auto":
-        impl = ("triton" if HAVE_TRITON else "compiled") if boundaries.device.type == "cuda" else "eager"
-    if impl not in ("triton", "compiled", "eager"):
+    if impl not in ("auto", "triton", "compiled", "eager"):
         raise ValueError(f"impl must be 'auto', 'triton', 'compiled' or 'eager'; got {impl!r}")
-    if torch.compiler.is_compiling() or impl == "eager":
+    if torch.compiler.is_compiling():  # traced into the caller's graph
         tables = _block_mask_tensors(cu, reach, B, N, bs, width)
-    elif impl == "compiled":
-        tables = _compiled_builder()(cu, reach, B, N, bs, width)
     else:
-        from seqpack.attention._blockmask_triton import block_mask_tensors
-        tables = block_mask_tensors(cu, left, right, B, N, bs, width)
+        if impl == "auto":
+            impl = ("triton" if _triton_builder() else "compiled") if boundaries.device.type == "cuda" else "eager"
+        if impl == "eager":
+            tables = _block_mask_tensors(cu, reach, B, N, bs, width)
+        elif impl == "compiled":
+            tables = _compiled_builder()(cu, reach, B, N, bs, width)
+        elif _triton_builder() is None:
+            raise ValueError("impl='triton' needs Triton (it does not import here); use impl='compiled'")
+        else:
+            tables = _triton_builder()(cu, left, right, B, N, bs, width)
     (kv_num, kv_idx, fkv_num, fkv_idx), (q_num, q_idx, fq_num, fq_idx), docs = tables
     return BlockMask(
         seq_lengths=(N, N), kv_num_blocks=kv_num, kv_indices=kv_idx,

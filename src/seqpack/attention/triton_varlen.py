@@ -23,20 +23,22 @@ Notable:
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from seqpack.attention.base import Backend, flat, left_right_reach
 
 __all__ = ["TritonVarlen", "varlen_fwd", "varlen_bwd", "HAVE_TRITON"]
 
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
 LOG2E = 1.4426950408889634
 
-if HAVE_TRITON:
+try:
     import triton
     import triton.language as tl
+    HAVE_TRITON = True
+except Exception:  # not installed, or installed but broken: the backend says so
+    HAVE_TRITON = False
+
+if HAVE_TRITON:
 
     @triton.jit
     def _fwd_kernel(Q, K, V, O, LSE, DOC, DSTART, DEND,
