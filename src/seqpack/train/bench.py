@@ -115,7 +115,7 @@ def add_arguments(p) -> None:
     p.add_argument("--compare-loss-chunk", type=int, default=8192,
                    help="also time the best packed config with this loss chunk (0: skip)")
     p.add_argument("--peak-tflops", type=float, default=None)
-    p.add_argument("--budget-s", type=float, default=450.0, help="skip configurations once this much time is spent")
+    p.add_argument("--budget-s", type=float, default=400.0, help="skip configurations once this much time is spent")
     p.add_argument("--profile", type=int, default=1, help="profile the best packed configuration (1) or not (0)")
     p.add_argument("--calibrate", default="auto", choices=("auto", "1", "0"),
                    help="time the attention backends for auto first: auto = on CUDA when this GPU has no "
