@@ -370,8 +370,6 @@ def run_configs(bench: Bench, log) -> dict:
         fast, slow = [b for b in chosen if b not in SLOW_BACKENDS], [b for b in chosen if b in SLOW_BACKENDS]
     log(f"attention backends: run {', '.join(fast + slow) or 'none'}; cannot run here: "
         + "; ".join(f"{n} ({why})" for n, why in skipped.items()))
-    from seqpack.attention import choose_backend  # noqa: F401  (imported early: fail loudly if missing)
-
     plan = []  # (label, mode, backend)
     if "auto" in want:
         plan.append(("packed auto", "packed", "auto"))

@@ -30,7 +30,7 @@ from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
 from seqpack.train.config import TrainConfig
 from seqpack.train.data import OnlineLoader, PackedLoader, StepBatch
-from seqpack.train.dist import DistInfo, all_reduce_sum, init_distributed
+from seqpack.train.dist import all_reduce_sum, init_distributed
 from seqpack.train.metrics import peak_flops, step_flops
 
 __all__ = ["Trainer", "load_documents", "lr_at"]
