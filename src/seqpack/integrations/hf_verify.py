@@ -38,9 +38,11 @@ __all__ = ["compare_packed", "tiny_config", "load_model", "verify", "FORMS", "Re
 # (no mask), a PackedBatch as first argument, and the collator's dict.
 FORMS = ("int_mask", "position_ids", "packed_batch", "collator")
 
-# A tiny model of any family: small enough for a CPU test, big enough to mix documents.
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, vocab_size=128, max_position_embeddings=256,
+# A tiny model of any family: small enough for a CPU test, big enough to mix documents. Head
+# dim 16: flex_attention on CUDA refuses smaller heads (hidden 64 / 4 heads, for families that
+# derive the head dim from the hidden size).
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=256,
             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 FAMILY_OVERRIDES = {
     # Sliding windows shorter than the documents, so packed windows are exercised too.
