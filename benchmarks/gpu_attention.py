@@ -125,7 +125,7 @@ def env():
     info = {"torch": torch.__version__, "cuda": torch.version.cuda,
             "device": torch.cuda.get_device_name() if cuda else "cpu",
             "capability": torch.cuda.get_device_capability() if cuda else None, "backends": list(BACKENDS),
-            "flash": probe_report(), "varlen_attn_params": sorted(tv._PARAMS)}
+            "flash": probe_report(), "varlen_attn_params": tv.varlen_params()}
     try:
         import triton
         info["triton"] = triton.__version__

@@ -103,6 +103,7 @@ def test_flash_backends_refuse_fp32_and_odd_head_dims(monkeypatch):
     monkeypatch.setattr(flash_mod, "_FA2", object())
     monkeypatch.setattr(flash_mod, "_FA4", object())
     monkeypatch.setattr(varlen_mod, "_VARLEN", object())
+    monkeypatch.setattr(varlen_mod, "_LOADED", True)
     for backend in (FlashAttn2(), FlashAttn4(), TorchVarlen()):
         assert backend.supports(cuda_request()) is None
         assert "fp16/bf16" in backend.supports(cuda_request(dtype=torch.float32))

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 from importlib import resources
 
 import pytest
@@ -94,7 +96,8 @@ def test_shipped_tables_are_valid_and_cpu_has_one():
     assert select.table_for("cpu") is not None
 
 
-def test_auto_follows_the_table(cpu_table):
+def test_auto_follows_the_table(cpu_table, monkeypatch):
+    monkeypatch.setattr(select, "PAYBACK_CALLS", {})  # flex's compile cost aside (tested below)
     b = DocBoundaries.from_lengths([30, 20, 14], 64)
     q, k, v = (torch.randn(64, 2, 16) for _ in range(3))
     cpu_table(table(entry(10, {"flex": 1.0, "sdpa_dense": 2.0}, mode="fwd")))
@@ -147,3 +150,97 @@ def test_bench_writes_a_table_auto_then_uses(tmp_path, monkeypatch):
     for e in t["entries"]:
         assert set(e["ms"]) == {"sdpa_dense", "eager"} and e["docs"] > 1 and e["mean_seqlen"] > 1
     assert select.table_for("cpu") == t
+
+
+def test_cpu_auto_charges_a_self_compile_against_what_it_saves(cpu_table):
+    """flex compiles itself (seconds) on CPU: it wins only where it pays that back within
+    PAYBACK_CALLS calls of the call's size; elsewhere (and on CUDA) the table alone decides."""
+    t = table(entry(100, {"flex": 100.0, "sdpa_dense": 300.0}, mode="fwd"))
+    t["config"] = {"tokens": 4096, "heads": 4, "head_dim": 64}
+    cpu_table(t)
+    names, cost = ["flex", "sdpa_dense"], {"flex": 15.0, "sdpa_dense": 0.0}
+    calls = select.PAYBACK_CALLS["cpu"]
+
+    def first(work, device=CPU):
+        return rank_backends(names, device=device, feature=100, layout="1d", requires_grad=False, work=work,
+                             compile_s=cost)[0]
+
+    ref = 4096 * 4 * 64
+    assert first(256 * 2 * 16) == "sdpa_dense"          # a test-sized call saves ~0.2 ms: never pays 15 s
+    assert first(ref) == ("flex" if 200 * calls > 15e3 else "sdpa_dense")
+    assert first(8 * ref) == "flex"                       # 1.6 s saved per call
+    assert rank_backends(names, device=CPU, feature=100, layout="1d", requires_grad=False) == names  # no cost given
+    # devices outside PAYBACK_CALLS: the table alone (a GPU run amortises its compiles)
+    assert rank_backends(names, device=torch.device("meta"), feature=100, layout="1d", requires_grad=False,
+                         work=1, compile_s=cost) == [n for n in FALLBACK_ORDER if n in names]
+
+
+def test_unmeasured_self_compiling_backends_go_last_on_cpu(cpu_table):
+    cpu_table(table(entry(100, {"eager": 5.0})))
+    got = rank_backends(["flex", "sdpa_dense", "eager"], device=CPU, feature=100, layout="1d", requires_grad=False,
+                        work=1, compile_s={"flex": 15.0})
+    assert got == ["eager", "sdpa_dense", "flex"]
+
+
+def test_small_cpu_forward_picks_a_backend_that_does_not_compile():
+    """The shipped CPU table has flex 2-6x faster than sdpa_dense for a forward, but a small
+    call would wait seconds for flex's compile to save microseconds."""
+    b = DocBoundaries.from_lengths([30, 20, 14], 64)
+    q, k, v = (torch.randn(64, 2, 16) for _ in range(3))
+    assert choose_backend(q, k, v, b) == "sdpa_dense"
+    big = DocBoundaries.from_lengths([150] * 27, 4096, max_seqlen=1024)
+    q, k, v = (torch.randn(4096, 16, 64) for _ in range(3))
+    assert choose_backend(q, k, v, big) == "flex"         # 16 heads x 64 on a 1D band: pays back
+
+
+def test_importing_seqpack_attention_loads_no_dynamo():
+    """torch._dynamo (with inductor and Triton) costs seconds to import; neither importing
+    seqpack.attention nor a CPU call that does not compile may load it."""
+    code = ("import sys, torch\n"
+            "import seqpack.attention.select, seqpack.attention as A\n"
+            "from seqpack.boundaries import DocBoundaries\n"
+            "b = DocBoundaries.from_lengths([30, 34])\n"
+            "q = torch.randn(64, 2, 16, requires_grad=True)\n"
+            "A.varlen_attention(q, q, q, b).sum().backward()\n"
+            "with torch.no_grad():\n"
+            "    A.varlen_attention(q, q, q, b)\n"
+            "print(sorted(m for m in ('torch._dynamo', 'torch._inductor', 'triton') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_constant_result_marks_functions_as_dynamo_does(monkeypatch):
+    import torch._dynamo
+
+    from seqpack.attention.base import constant_result
+
+    def ours():
+        return 1
+
+    def theirs():
+        return 1
+
+    torch._dynamo.assume_constant_result(theirs)
+    monkeypatch.delitem(sys.modules, "torch._dynamo")  # as if dynamo were not loaded (restored after)
+    constant_result(ours)
+    assert vars(ours) == vars(theirs) == {"_dynamo_marked_constant": True}
+
+
+def test_varlen_params_load_once_outside_a_compiled_graph(monkeypatch):
+    """A model compiled before any eager call: the lazy import of varlen_attn is done by
+    dynamo calling the constant-marked loader, and the graph keeps no break."""
+    from torch._dynamo.utils import counters
+
+    from seqpack.attention import torch_varlen as tv
+    monkeypatch.setattr(tv, "_LOADED", False)
+    monkeypatch.setattr(tv, "_VARLEN", None)
+    monkeypatch.setattr(tv, "_PARAMS", frozenset())
+
+    def f(x):
+        return x + (1 if tv.varlen_params() and "window_size" in tv.varlen_params() else 2)
+
+    torch._dynamo.reset()
+    counters.clear()
+    got = torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(2))
+    assert dict(counters["graph_break"]) == {}
+    assert tv._LOADED and torch.equal(got, f(torch.zeros(2)))

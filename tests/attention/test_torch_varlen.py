@@ -66,6 +66,7 @@ def varlen_2_12(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_a
 def test_each_signature_is_called_right(monkeypatch, fn, causal, window, kv_heads):
     monkeypatch.setattr(tv, "_VARLEN", fn)
     monkeypatch.setattr(tv, "_PARAMS", frozenset(inspect.signature(fn).parameters))
+    monkeypatch.setattr(tv, "_LOADED", True)
     b = DocBoundaries.from_row_lengths([[5, 1, 6], [12]], 12, max_seqlen=12).static(8)
     q, k, v = make_qkv(b, 4, kv_heads, 8)
     req = _request(q, k, v, AttentionContext(b), causal, window)

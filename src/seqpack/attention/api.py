@@ -104,7 +104,9 @@ def _select(req: AttentionRequest, ctx: AttentionContext, device: torch.device) 
         feature = ctx.boundaries.numel / max(ctx.boundaries.num_segments, 1)
     else:
         feature = ctx.feature
-    ranked = rank_backends(ok, device=device, feature=feature, layout=req.layout, requires_grad=req.requires_grad)
+    ranked = rank_backends(ok, device=device, feature=feature, layout=req.layout, requires_grad=req.requires_grad,
+                           work=req.tokens * req.num_heads * req.head_dim,
+                           compile_s={n: BACKENDS[n].self_compile_s(req) for n in ok})
     return BACKENDS[ranked[0]]
 
 

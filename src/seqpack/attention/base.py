@@ -19,6 +19,7 @@ Notable:
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,21 @@ class BackendUnavailable(ValueError):
 
 # ----------------------------------------------------------------------------------------
 # small pure helpers
+
+
+def constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` now.
+
+    The public decorator imports dynamo (and with it inductor and Triton: 2-4 s) only to set
+    one attribute on the function. While dynamo is not loaded nothing can trace the
+    function, so we set that attribute ourselves (tests/attention/test_select.py checks it
+    is still what dynamo sets). Under ``torch.compile`` dynamo calls such a function once,
+    eagerly, and bakes its result into the graph as a constant.
+    """
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def is_compiling() -> bool:
@@ -131,6 +147,11 @@ class Backend:
 
     def __call__(self, q, k, v, ctx: "AttentionContext", req: AttentionRequest, scale: float) -> torch.Tensor:
         raise NotImplementedError
+
+    def self_compile_s(self, req: AttentionRequest) -> float:
+        """Seconds of one-off compilation this call may start (a backend that compiles itself
+        per new shape outside ``torch.compile``); auto weighs it on CPU. Default 0."""
+        return 0.0
 
     def __repr__(self) -> str:
         return f"<attention backend {self.name}>"

@@ -34,16 +34,26 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FALLBACK_ORDER", "cache_dir", "table_path", "device_name", "device_key", "rank_backends",
+from seqpack.attention.base import constant_result as _constant_result
+
+__all__ = ["FALLBACK_ORDER", "PAYBACK_CALLS", "cache_dir", "table_path", "device_name", "device_key", "rank_backends",
            "load_tables", "register_table", "table_for"]
 
 # Without a measurement: FlashAttention first (fastest on every distribution in REFERENCE.md
 # section 3), then flex (fastest of the PyTorch-only paths on 2 of 3 distributions), then
-# varlen_attn; the dense and nested paths were 3-5x slower; eager last.
-FALLBACK_ORDER = ("flash_attn.cute", "flash_attn_interface", "flash_attn", "triton_varlen", "flex",
-                  "torch_varlen", "sdpa_dense", "sdpa_njt", "eager")
+# varlen_attn; our Triton kernel (opt-in) only where a table measured it; the dense and
+# nested paths were 3-5x slower; eager last.
+FALLBACK_ORDER = ("flash_attn.cute", "flash_attn_interface", "flash_attn", "flex", "torch_varlen",
+                  "triton_varlen", "sdpa_dense", "sdpa_njt", "eager")
 
 SCHEMA = 1
+
+# Devices where auto weighs a backend's one-off compile (flex outside torch.compile compiles
+# itself per new shape) against the time it saves: it must pay for itself within this many
+# calls of the call's size. CPU only: there the compile takes 5-30 s (13.5-14.4 s cold on a
+# 2-core VM, 28 s in a busy test run) and CPU work is typically short (tests, demos,
+# evaluation), while a CUDA run that uses flex trains for minutes to days on one shape.
+PAYBACK_CALLS = {"cpu": 100}
 
 
 # ----------------------------------------------------------------------------------------
@@ -69,7 +79,7 @@ def _cuda_name(index: int) -> str:
     return torch.cuda.get_device_name(index)
 
 
-@torch.compiler.assume_constant_result
+@_constant_result
 def _current_cuda_name() -> str:
     # Under torch.compile we cannot query the driver; the model runs on the current device.
     return torch.cuda.get_device_name(torch.cuda.current_device())
@@ -88,12 +98,12 @@ def _cuda_capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-@torch.compiler.assume_constant_result
+@_constant_result
 def _current_cuda_major() -> int:
     return torch.cuda.get_device_capability(torch.cuda.current_device())[0]
 
 
-@torch.compiler.assume_constant_result
+@_constant_result
 def _current_cuda_minor() -> int:
     return torch.cuda.get_device_capability(torch.cuda.current_device())[1]
 
@@ -201,16 +211,38 @@ def _pick_entries(table: dict, layout: str, mode: str) -> list[dict]:
     return []
 
 
+def _work_scale(table: dict, work: float | None) -> float:
+    """This call's size relative to the table's: tokens x heads x head dim (time ~ linear in it
+    at a fixed mean segment length, the table's other axis)."""
+    cfg = table.get("config") or {}
+    ref = cfg.get("tokens", 0) * cfg.get("heads", 0) * cfg.get("head_dim", 0)
+    return work / ref if work and ref else 1.0
+
+
 def rank_backends(candidates: list[str], *, device: torch.device, feature: float, layout: str,
-                  requires_grad: bool) -> list[str]:
-    """``candidates`` (already filtered by ``supports``) ordered fastest first for this batch."""
+                  requires_grad: bool, work: float | None = None,
+                  compile_s: dict[str, float] | None = None) -> list[str]:
+    """``candidates`` (already filtered by ``supports``) ordered fastest first for this batch.
+
+    ``work`` (tokens x heads x head dim of the call) and ``compile_s`` (seconds of one-off
+    compilation a backend would start on this call) matter only on the devices of
+    `PAYBACK_CALLS`: there a backend's table time is charged ``compile_s`` spread over that
+    many calls of this size, so a self-compiling backend wins only where it pays for its
+    compile soon. Unmeasured self-compiling backends go after the unmeasured others there.
+    """
     table = table_for(device_name(device))
     times: dict[str, float] = {}
+    scale = 1.0
     if table is not None:
         entries = _pick_entries(table, layout, "fwd_bwd" if requires_grad else "fwd")
         if entries:
             times = _interp_ms(entries, feature)
+        scale = _work_scale(table, work)
+    calls = PAYBACK_CALLS.get(device.type)
+    cost = {n: (compile_s or {}).get(n, 0.0) if calls else 0.0 for n in candidates}
+    # table ms + compile ms per call over `calls` calls, in table ms (call ms = table ms x scale)
+    charged = {n: times[n] + (cost[n] * 1e3 / (calls * scale) if cost[n] else 0.0) for n in candidates if n in times}
     prior = {n: i for i, n in enumerate(FALLBACK_ORDER)}
-    measured = sorted((n for n in candidates if n in times), key=lambda n: times[n])
-    rest = sorted((n for n in candidates if n not in times), key=lambda n: prior.get(n, len(prior)))
+    measured = sorted(charged, key=lambda n: charged[n])
+    rest = sorted((n for n in candidates if n not in times), key=lambda n: (cost[n] > 0, prior.get(n, len(prior))))
     return measured + rest
