@@ -244,3 +244,34 @@ def test_varlen_params_load_once_outside_a_compiled_graph(monkeypatch):
     got = torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(2))
     assert dict(counters["graph_break"]) == {}
     assert tv._LOADED and torch.equal(got, f(torch.zeros(2)))
+
+
+class OffByOnePercent(Backend):
+    """sdpa_dense with a 1% wrong scale: what a miscompiled kernel looks like to the bench."""
+    name = "off_by_one_percent"
+
+    def supports(self, req):
+        return BACKENDS["sdpa_dense"].supports(req)
+
+    def __call__(self, q, k, v, ctx, req, scale):
+        return BACKENDS["sdpa_dense"](q, k, v, ctx, req, scale * 1.01)
+
+
+def test_bench_leaves_a_wrong_backend_out_of_the_table(tmp_path, monkeypatch):
+    from seqpack.attention.bench import check_backend
+    assert check_backend("sdpa_dense", "cpu", heads=4, kv_heads=2, head_dim=16, dtype=torch.float32,
+                         max_seqlen=64) is None
+    register_backend(OffByOnePercent())
+    try:
+        why = check_backend("off_by_one_percent", "cpu", heads=4, kv_heads=2, head_dim=16, dtype=torch.float32,
+                            max_seqlen=64)
+        assert why is not None and "wrong answer" in why and "out" in why
+        out = tmp_path / "table.json"
+        monkeypatch.setitem(select._USER, "cpu", None)
+        argv = ["bench", "attention", "--quick", "--device", "cpu", "--backends", "sdpa_dense,off_by_one_percent",
+                "--layouts", "1d", "--modes", "fwd", "--out", str(out)]
+        assert cli.main(argv) == 0
+        for e in json.loads(out.read_text())["entries"]:
+            assert set(e["ms"]) == {"sdpa_dense"} and "wrong answer" in e["skipped"]["off_by_one_percent"]
+    finally:
+        BACKENDS.pop("off_by_one_percent")

@@ -10,6 +10,9 @@ Notable:
   prepared once per batch, as a model would (its build time is reported separately).
 - "Useful" FLOPs count only within-document pairs (causal: n (n + 1) / 2 per document),
   4 * H * D per pair forward, 3.5x that forward + backward.
+- Before timing, the CLI checks every backend against the eager reference on a small batch
+  of the device (``check_backend``): one that computes a wrong answer there (a kernel
+  miscompiled for this GPU, say) is left out of the table, so auto never picks it.
 - The table lands in the user cache (see `seqpack.attention.select`) and is used by
   ``backend="auto"`` from then on, in this process too.
 """
@@ -28,7 +31,7 @@ import torch
 
 from seqpack.boundaries import DocBoundaries
 
-__all__ = ["sample_rows", "make_boundaries", "useful_pairs", "time_ms", "time_backend", "calibrate",
+__all__ = ["sample_rows", "make_boundaries", "useful_pairs", "time_ms", "time_backend", "check_backend", "calibrate",
            "add_arguments", "run"]
 
 # REFERENCE.md section 3: SFT-like median ~400, short ~150, long ~1500, log-normal.
@@ -157,15 +160,76 @@ def time_backend(name: str, ctx, heads: int, kv_heads: int, head_dim: int, dtype
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
 
 
+CHECK_TOL = {torch.float16: 5e-3, torch.bfloat16: 5e-3, torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+def check_backend(name: str, device, *, heads: int, kv_heads: int, head_dim: int, dtype, max_seqlen: int,
+                  seed: int = 0) -> str | None:
+    """None if ``name`` agrees with the eager reference (fp32 math on fp32 copies of the same
+    inputs) on a small batch on ``device``, forward and, where it has one, backward; else why
+    not. Relative error bound: `CHECK_TOL` (5e-3 for fp16/bf16, the issue's bar). A backend
+    that cannot run the call is not judged here (None): timing reports its refusal."""
+    from seqpack.attention.api import backend_support, varlen_attention
+
+    device = torch.device(device)
+    m = max(min(max_seqlen, 512), 2)
+    lens = [1, m // 4 + 3, m, 7, m // 2 + 1, 1]        # length 1, a full max_seqlen, odd sizes
+    b = DocBoundaries.from_lengths(lens, sum(lens) + 5, max_seqlen=m).to(device)  # + a padding run
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    mk = lambda h: torch.randn(b.numel, h, head_dim, generator=g).to(device)  # noqa: E731
+    q32, k32, v32 = mk(heads), mk(kv_heads), mk(kv_heads)
+    dout32 = torch.randn(b.numel, heads, head_dim, generator=g).to(device)
+    q, k, v, dout = (x.to(dtype) for x in (q32, k32, v32, dout32))
+    grad = backend_support(*(x.clone().requires_grad_() for x in (q, k, v)), b).get(name) is None
+    if not grad and backend_support(q, k, v, b).get(name) is not None:
+        return None
+
+    def run(backend, xs, do):
+        xs = [x.clone().requires_grad_(grad) for x in xs]
+        with torch.set_grad_enabled(grad):
+            out = varlen_attention(*xs, b, backend=backend)
+            if not grad:
+                return [out]
+            out.backward(do)
+        return [out] + [x.grad for x in xs]
+
+    try:
+        got = run(name, (q, k, v), dout)
+    except Exception as e:  # a crash is a refusal to trust it, with the reason
+        return f"failed on a small check batch: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+    ref = torch.float64 if dtype == torch.float64 else torch.float32
+    want = run("eager", tuple(x.to(ref) for x in (q32, k32, v32)), dout32.to(ref))
+    tol = CHECK_TOL.get(dtype, 5e-3)
+    for what, a, w in zip(("out", "dq", "dk", "dv"), got, want):
+        a, w = a.detach().double(), w.detach().double()
+        err = float((a - w).norm() / w.norm().clamp_min(1e-12))
+        if not err <= tol:  # also NaN
+            return f"wrong answer vs the eager reference: {what} relative error {err:.1e} > {tol:.0e}"
+    return None
+
+
 def calibrate(device, *, tokens: int, row_len: int, heads: int, kv_heads: int, head_dim: int, dtype,
               medians, layouts=("rows", "1d"), modes=("fwd", "fwd_bwd"), backends=None, warmup_ms=25.0,
-              rep_ms=100.0, seed: int = 0, log=print) -> dict:
-    """Time ``backends`` (default: every registered one but eager) over the grid; return the table."""
+              rep_ms=100.0, seed: int = 0, log=print, check: bool = False) -> dict:
+    """Time ``backends`` (default: every registered one but eager) over the grid; return the table.
+
+    ``check``: first compare each backend with the eager reference (`check_backend`); one
+    that disagrees is left out of every entry (``skipped`` says why), so auto never picks it.
+    """
     from seqpack.attention.api import BACKENDS, prepare
     from seqpack.attention.select import SCHEMA, device_name
 
     device = torch.device(device)
     names = list(backends) if backends else [n for n in BACKENDS if n != "eager"]
+    wrong = {}
+    if check:
+        for n in names:
+            if n != "eager":
+                why = check_backend(n, device, heads=heads, kv_heads=kv_heads, head_dim=head_dim, dtype=dtype,
+                                    max_seqlen=row_len, seed=seed)
+                if why is not None:
+                    wrong[n] = why
+                    log(f"{n}: {why}; not timed")
     name = device_name(device)
     table = {
         "schema": SCHEMA, "device": name,
@@ -187,6 +251,9 @@ def calibrate(device, *, tokens: int, row_len: int, heads: int, kv_heads: int, h
                          "docs": len(lens), "useful_tokens": int(sum(lens)), "useful_pairs": pairs,
                          "ms": {}, "skipped": {}}
                 for n in names:
+                    if n in wrong:
+                        entry["skipped"][n] = wrong[n]
+                        continue
                     ms, why = time_backend(n, ctx, heads, kv_heads, head_dim, dtype, mode, warmup_ms, rep_ms)
                     if ms is None:
                         entry["skipped"][n] = why
@@ -227,6 +294,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="where to write the table (default: the user cache, used by auto)")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the check of each backend against the eager reference before timing it")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
 
 
@@ -253,7 +322,7 @@ def run(args) -> int:
         medians=[float(x) if "." in x else int(x) for x in pick(args.medians, "medians").split(",")],
         layouts=args.layouts.split(","), modes=args.modes.split(","),
         backends=args.backends.split(",") if args.backends else None,
-        warmup_ms=args.warmup_ms, rep_ms=pick(args.rep_ms, "rep_ms"), seed=args.seed)
+        warmup_ms=args.warmup_ms, rep_ms=pick(args.rep_ms, "rep_ms"), seed=args.seed, check=not args.no_check)
     if not args.no_write:
         from pathlib import Path
         out = Path(args.out) if args.out else table_path(table["device"])
