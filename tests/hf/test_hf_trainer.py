@@ -62,13 +62,17 @@ def test_loss_goes_down(kind, tmp_path):
     assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:2]), losses
 
 
-@pytest.mark.parametrize("kind", ["Trainer", "SFTTrainer"])
-def test_accumulated_step_equals_documents_one_by_one(kind, tmp_path):
+@pytest.mark.parametrize("kind, fused_loss", [("Trainer", False), ("SFTTrainer", False), ("Trainer", True)])
+def test_accumulated_step_equals_documents_one_by_one(kind, fused_loss, tmp_path):
     """SGD, lr 1, two micro-batches of three examples: the update is exactly minus the gradient of
-    (sum of every document's token losses) / (all predicted tokens)."""
+    (sum of every document's token losses) / (all predicted tokens); also with seqpack's fused loss
+    (which must divide by Trainer's num_items_in_batch as transformers' loss does)."""
     data = counting_examples([5, 11, 3, 8, 6, 9], seed=2)
     model = tiny("llama", "sdpa")
     before = copy.deepcopy(model)
+    if fused_loss:
+        from seqpack.integrations.hf import enable_fused_loss
+        enable_fused_loss(model, chunk_size=8)
     trainer = trainer_for(kind, model, data, tmp_path, per_device_train_batch_size=3, gradient_accumulation_steps=2,
                           max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant",
                           warmup_steps=0, weight_decay=0.0, max_grad_norm=0.0)

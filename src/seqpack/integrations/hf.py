@@ -34,6 +34,14 @@ Notable:
 - ``"seqpack"`` is registered as an attention implementation (``AttentionInterface``) so
   ``seqpack.attention.varlen_attention``'s backend choice serves HF models:
   ``enable_packing(model, attn_implementation="seqpack")``.
+- ``torch.compile``: the hook reads tensor data (is the mask integer-labelled? do the
+  positions restart?), so it is marked ``torch.compiler.disable``: compiling the whole
+  model (``torch.compile(model)``, Trainer's ``torch_compile=True``) runs the hook eagerly
+  and compiles the forward as one graph; compiling ``model.forward`` or each decoder layer
+  never sees it. With ``"seqpack"`` and FlashAttention-4 the kernel is a custom op, so the
+  compiled graph has no break either.
+- ``enable_fused_loss(model)`` (`seqpack.integrations.hf_loss`) swaps transformers'
+  causal-LM loss for a fused one with the same math: independent of packing.
 """
 
 from __future__ import annotations
@@ -48,11 +56,15 @@ import torch
 from seqpack.batch import IGNORE_INDEX, PackedBatch
 from seqpack.boundaries import DocBoundaries
 from seqpack.integrations.hf_collator import DataCollatorForPacking, packed_model_inputs
+from seqpack.integrations.hf_loss import (
+    disable_fused_loss, enable_fused_loss, fused_causal_lm_loss, is_fused_loss_enabled,
+)
 
 __all__ = [
     "PackingError", "enable_packing", "disable_packing", "is_packing_enabled", "configure_packing",
     "unconfigure_packing", "register_seqpack_attention", "check_transformers_version",
     "attention_route", "DataCollatorForPacking", "packed_model_inputs", "MIN_TRANSFORMERS",
+    "enable_fused_loss", "disable_fused_loss", "is_fused_loss_enabled", "fused_causal_lm_loss",
 ]
 
 logger = logging.getLogger(__name__)
@@ -318,6 +330,11 @@ def _prepare_context(b: DocBoundaries, config):
     return prepare(b, causal=True, window=[None, window] if window else None)
 
 
+# The hook reads tensor data (host syncs, data-dependent branches): under torch.compile(model)
+# it runs eagerly and the forward is compiled as one graph.
+_packing_pre_hook_eager = torch.compiler.disable(_packing_pre_hook)
+
+
 def _apply_boundaries(kwargs, b: DocBoundaries, route: str) -> None:
     """Write the documents into the call as the route needs them (kwargs edited in place)."""
     from_mask = kwargs.get("attention_mask") is not None
@@ -371,7 +388,7 @@ def enable_packing(model: torch.nn.Module, *, attn_implementation: str | None = 
 
 def _attach(model: torch.nn.Module) -> None:
     if getattr(model, _HANDLE, None) is None:
-        handle = model.register_forward_pre_hook(_packing_pre_hook, with_kwargs=True)
+        handle = model.register_forward_pre_hook(_packing_pre_hook_eager, with_kwargs=True)
         object.__setattr__(model, _HANDLE, handle)
 
 
