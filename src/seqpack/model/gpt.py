@@ -25,6 +25,14 @@ Notable:
   gradient is exactly the sum of the one-document steps. ``loss_chunk > 0`` computes
   head + cross-entropy chunk by chunk (`seqpack.model.head`) instead of materialising
   ``tokens x vocab`` float32 logits.
+- Throughput options, all off by default (the GPU benchmark sweeps them):
+  ``fused_rope_norm`` computes RoPE and the QK norm as one autograd function with a
+  hand-written backward (same function: RMS is rotation-invariant, so the norm's scale
+  comes from the input; it saves only the input, and compiles to one kernel each way);
+  ``fused_qkv`` computes q, k, v with one matmul over the concatenated weights (same
+  parameters and state dict); ``residual="autocast"`` carries the residual stream in the
+  autocast dtype (bf16) instead of float32, halving its memory traffic: that one changes
+  the numerics (as nanochat does), not the function, and does nothing without autocast.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import torch.nn.functional as F
 from seqpack.attention import varlen_attention
 from seqpack.boundaries import DocBoundaries
 
-__all__ = ["GPTConfig", "GPT", "PRESETS", "gpt_config", "causal_rows", "prepare_context"]
+__all__ = ["GPTConfig", "GPT", "PRESETS", "gpt_config", "causal_rows", "prepare_context", "rope_norm"]
 
 
 @dataclass
@@ -58,6 +66,9 @@ class GPTConfig:
     qk_norm: bool = True
     attn_backend: str = "auto"    # varlen_attention backend for document attention
     loss_chunk: int = 0           # >0: fused head + cross-entropy, this many tokens per chunk
+    fused_rope_norm: bool = False  # RoPE + QK norm as one autograd function (same function)
+    fused_qkv: bool = False       # q, k, v from one matmul over the concatenated weights (same parameters)
+    residual: str = "fp32"        # residual stream under autocast: "fp32" or "autocast" (bf16: numerics change)
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -74,6 +85,8 @@ class GPTConfig:
             raise ValueError("window_pattern has sliding ('S') layers but window is not set: pass window=")
         if (self.n_embd // self.n_head) % 2:
             raise ValueError(f"head_dim {self.n_embd // self.n_head} must be even for RoPE")
+        if self.residual not in ("fp32", "autocast"):
+            raise ValueError(f"residual must be 'fp32' or 'autocast'; got {self.residual!r}")
 
     @property
     def head_dim(self) -> int:
@@ -134,6 +147,59 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1).to(x.dtype)
 
 
+def _opmath(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision inputs computed in float32 (as aten's opmath), others as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _rope_norm_forward(x, cos, sin, normalize: bool):
+    xf = _opmath(x)
+    d = xf.shape[-1] // 2
+    x1, x2 = xf[..., :d], xf[..., d:]
+    r1, r2 = x1 * cos + x2 * sin, x2 * cos - x1 * sin
+    if normalize:
+        # A rotation keeps the RMS, so rms(rope(x)) is read from x; eps as F.rms_norm's
+        # default (the epsilon of its float32 opmath for bf16/fp16/fp32 inputs).
+        rstd = torch.rsqrt((xf * xf).mean(-1, keepdim=True) + torch.finfo(xf.dtype).eps)
+        r1, r2 = r1 * rstd, r2 * rstd
+    return torch.cat([r1, r2], dim=-1).to(x.dtype)
+
+
+class _RopeNorm(torch.autograd.Function):
+    """``norm(rope(x))`` (or ``rope(x)``) with a hand-written backward that recomputes from
+    ``x``: one saved tensor in x's dtype, no float32 intermediates kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin, normalize: bool):
+        ctx.save_for_backward(x, cos, sin)
+        ctx.normalize = normalize
+        return _rope_norm_forward(x, cos, sin, normalize)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, cos, sin = ctx.saved_tensors
+        xf, g = _opmath(x), _opmath(grad)
+        d = xf.shape[-1] // 2
+        g1, g2 = g[..., :d], g[..., d:]
+        if ctx.normalize:
+            # y = r * rstd(r): dL/dr = rstd * (g - y * mean(g * y))
+            rstd = torch.rsqrt((xf * xf).mean(-1, keepdim=True) + torch.finfo(xf.dtype).eps)
+            x1, x2 = xf[..., :d], xf[..., d:]
+            y1, y2 = (x1 * cos + x2 * sin) * rstd, (x2 * cos - x1 * sin) * rstd
+            dot = ((g1 * y1).sum(-1, keepdim=True) + (g2 * y2).sum(-1, keepdim=True)) / xf.shape[-1]
+            g1, g2 = rstd * (g1 - y1 * dot), rstd * (g2 - y2 * dot)
+        # the transposed rotation
+        gx = torch.cat([g1 * cos - g2 * sin, g1 * sin + g2 * cos], dim=-1).to(x.dtype)
+        return gx, None, None, None
+
+
+def rope_norm(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """``norm(apply_rotary(x, cos, sin))`` (``normalize``) or ``apply_rotary(x, cos, sin)``
+    as one autograd function; keeps x's dtype. Same function as the two-step path, up to
+    rounding: the two-step path rounds the rotated x to x's dtype before the norm."""
+    return _RopeNorm.apply(x, cos, sin, bool(normalize))
+
+
 def causal_rows(shape, device=None) -> DocBoundaries:
     """Boundaries with one segment per row: plain causal attention over whole rows.
 
@@ -155,21 +221,36 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.window = config.layer_windows()[layer_idx]
-        self.qk_norm = config.qk_norm
-        self.backend = config.attn_backend
         self.c_q = nn.Linear(config.n_embd, self.n_head * self.head_dim, bias=False)
         self.c_k = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_v = nn.Linear(config.n_embd, self.n_kv_head * self.head_dim, bias=False)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.sync_options(config)
+
+    def sync_options(self, config: GPTConfig) -> None:
+        """Read the per-call options from the config (`GPT.configure` changes them in place)."""
+        self.qk_norm = config.qk_norm
+        self.backend = config.attn_backend
+        self.fused_rope_norm = config.fused_rope_norm
+        self.fused_qkv = config.fused_qkv
 
     def forward(self, x, cos_sin, ctx):
         lead = x.shape[:-1]  # (T,) or (B, L)
-        q = self.c_q(x).view(*lead, self.n_head, self.head_dim)
-        k = self.c_k(x).view(*lead, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(*lead, self.n_kv_head, self.head_dim)
-        q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
-        if self.qk_norm:  # type_as: if autocast ever runs the norm in float32, q/k must still match v
-            q, k = norm(q).type_as(v), norm(k).type_as(v)
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        if self.fused_qkv:  # one matmul, same parameters; v is a strided slice: made contiguous
+            w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
+            q, k, v = F.linear(x, w).split([H * D, Hkv * D, Hkv * D], dim=-1)
+            q, k, v = q.view(*lead, H, D), k.view(*lead, Hkv, D), v.contiguous().view(*lead, Hkv, D)
+        else:
+            q = self.c_q(x).view(*lead, H, D)
+            k = self.c_k(x).view(*lead, Hkv, D)
+            v = self.c_v(x).view(*lead, Hkv, D)
+        if self.fused_rope_norm:
+            q, k = rope_norm(q, *cos_sin, self.qk_norm).type_as(v), rope_norm(k, *cos_sin, self.qk_norm).type_as(v)
+        else:
+            q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
+            if self.qk_norm:  # type_as: if autocast ever runs the norm in float32, q/k must still match v
+                q, k = norm(q).type_as(v), norm(k).type_as(v)
         y = varlen_attention(q, k, v, ctx, causal=True, window=self.window, backend=self.backend)
         return self.c_proj(y.reshape(*lead, -1))
 
@@ -242,6 +323,20 @@ class GPT(nn.Module):
             nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
             nn.init.zeros_(self.lm_head.weight)
 
+    def configure(self, **changes) -> None:
+        """Change per-call options in place (``attn_backend``, ``loss_chunk``, ``qk_norm``,
+        ``fused_rope_norm``, ``fused_qkv``, ``residual``, ``positions``): the benchmark
+        switches them between configurations without rebuilding the model. A compiled
+        model guards on them, so the next call compiles again for the new values."""
+        allowed = ("attn_backend", "loss_chunk", "qk_norm", "fused_rope_norm", "fused_qkv", "residual", "positions")
+        for k, v in changes.items():
+            if k not in allowed:
+                raise ValueError(f"{k!r} cannot change after construction; changeable: {', '.join(allowed)}")
+            setattr(self.config, k, v)
+        self.config.__post_init__()  # re-validate
+        for block in self.blocks:
+            block.attn.sync_options(self.config)
+
     @property
     def head_weight(self) -> torch.Tensor:
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
@@ -263,7 +358,10 @@ class GPT(nn.Module):
             position_ids = getattr(ctx, "boundaries", ctx).position_ids()  # a prepared context holds them
         cos_sin = rope_angles(position_ids, cfg.head_dim, cfg.rope_base)
 
-        x = norm(self.wte(input_ids))  # (..., C)
+        x = norm(self.wte(input_ids))  # (..., C), float32 (the embedding is not autocast)
+        dev = x.device.type
+        if cfg.residual == "autocast" and torch.is_autocast_enabled(dev):
+            x = x.to(torch.get_autocast_dtype(dev))  # the residual stream in bf16 from here on
         for block in self.blocks:
             x = block(x, cos_sin, ctx)
         if labels is None:
