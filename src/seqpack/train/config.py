@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["TrainConfig", "add_config_arguments", "config_from_args"]
+__all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "parse_inductor_options", "compile_kwargs"]
 
 
 @dataclass
@@ -33,6 +33,9 @@ class TrainConfig:
     positions: str = "doc"
     attn_backend: str = "auto"
     loss_chunk: int = 0
+    fused_rope_norm: bool | None = None  # throughput options of the model (GPTConfig); None = its default
+    fused_qkv: bool | None = None
+    residual: str | None = None
     # data
     data: str = "chitchat"           # "chitchat", a Parquet file/folder from `seqpack pack`, or "hf:NAME"
     max_docs: int | None = None      # use only the first documents of the corpus
@@ -61,6 +64,8 @@ class TrainConfig:
     dtype: str = "auto"              # auto | bf16 | fp32 (bf16 = autocast, parameters stay fp32)
     compile: str = "auto"            # auto | none | model | blocks
     compile_backend: str = "inductor"  # torch.compile backend (tests use aot_eager: same graphs, no codegen)
+    compile_mode: str | None = None  # torch.compile mode (inductor), e.g. max-autotune-no-cudagraphs
+    inductor: str | None = None      # inductor options "key=value,key=value" (torch._inductor.config names)
     dist: str = "auto"               # auto | none | ddp | fsdp
     threads: int | None = None       # CPU threads (torch.set_num_threads)
     # output
@@ -74,7 +79,7 @@ class TrainConfig:
 
     def model_overrides(self) -> dict:
         keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "window", "window_pattern", "tie_embeddings",
-                "positions", "attn_backend", "loss_chunk")
+                "positions", "attn_backend", "loss_chunk", "fused_rope_norm", "fused_qkv", "residual")
         return {k: getattr(self, k) for k in keys}
 
     def replace(self, **changes) -> "TrainConfig":
@@ -90,6 +95,9 @@ _HELP = {
     "positions": "doc: RoPE positions restart per document; buffer: run over the row/buffer",
     "attn_backend": "varlen_attention backend for packed mode (auto, flash, varlen, flex, sdpa_dense, ...)",
     "loss_chunk": "tokens per chunk of the fused head+cross-entropy (0: plain logits)",
+    "fused_rope_norm": "RoPE + QK norm as one autograd function (same function; less memory traffic)",
+    "fused_qkv": "q, k, v from one matmul over the concatenated weights (same parameters)",
+    "residual": "residual stream under autocast: fp32 (default) or autocast (bf16: less traffic, numerics change)",
     "data": "chitchat (bundled), a Parquet path from `seqpack pack`, or hf:NAME[:SPLIT[:COLUMN]]",
     "capacity": "tokens per packed row",
     "rows_per_step": "rows per optimiser step over all ranks (tokens per step = rows x capacity)",
@@ -103,13 +111,15 @@ _HELP = {
                     "0 = power-of-two buckets (few shapes); default: 0 when compiled, 8 eager",
     "max_num_docs": "packed mode: fixed number of segments in cu_seqlens (static shapes)",
     "compile": "torch.compile(fullgraph=True, dynamic=False) of the whole model, of each block, or none",
+    "compile_mode": "torch.compile mode for inductor (default, max-autotune-no-cudagraphs, ...)",
+    "inductor": "inductor options, comma-separated key=value (e.g. coordinate_descent_tuning=1)",
     "dist": "distributed: none, ddp or fsdp (FSDP2); auto = ddp under torchrun",
     "resume": "checkpoint file to resume from, or 'auto' for the latest in --out",
     "ckpt_every": "save a checkpoint every N steps (0: only at the end)",
     "peak_tflops": "peak TFLOP/s of one device for MFU (default: known GPUs, none on CPU)",
 }
 
-_CHOICES = {"loader": ("offline", "online"), "mode": ("packed", "naive", "padded"),
+_CHOICES = {"loader": ("offline", "online"), "mode": ("packed", "naive", "padded"), "residual": ("fp32", "autocast"),
             "layout": ("auto", "1d", "rows"), "positions": ("doc", "buffer"),
             "compile": ("auto", "none", "model", "blocks"), "dist": ("auto", "none", "ddp", "fsdp"),
             "dtype": ("auto", "bf16", "fp32"), "strategy": ("bfd", "ffd", "nextfit", "wrapped")}
@@ -146,3 +156,68 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+
+
+def _coerce(key: str, text: str, current):
+    """An option's text as the type of its current value."""
+    low = text.strip().lower()
+    if isinstance(current, bool):
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"inductor option {key} is a bool; got {text!r}")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if current is None:
+        for conv in (int, float):
+            try:
+                return conv(text)
+            except ValueError:
+                pass
+        if low in ("true", "false"):
+            return low == "true"
+    return text
+
+
+def parse_inductor_options(text: str | None) -> dict:
+    """``"coordinate_descent_tuning=1,triton.cudagraphs=0"`` -> a dict for
+    ``torch.compile(options=...)``, each value of the type inductor's config has."""
+    if not text:
+        return {}
+    import torch._inductor.config as ic
+
+    current = ic.get_config_copy()
+    out = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ValueError(f"inductor options are key=value; got {item!r}")
+        key, value = (x.strip() for x in item.split("=", 1))
+        if key not in current:
+            raise ValueError(f"unknown inductor option {key!r} (see torch._inductor.config)")
+        out[key] = _coerce(key, value, current[key])
+    return out
+
+
+def compile_kwargs(cfg: TrainConfig) -> dict:
+    """``torch.compile`` arguments: fullgraph, static shapes, and the inductor mode/options.
+
+    torch.compile takes a mode or options, not both: a mode is expanded into its options
+    (``torch._inductor.list_mode_options``) and the explicit options override them."""
+    kw = dict(fullgraph=True, dynamic=False, backend=cfg.compile_backend)
+    opts = parse_inductor_options(cfg.inductor)
+    if cfg.compile_backend != "inductor":
+        if cfg.compile_mode or opts:
+            raise ValueError("compile_mode and inductor options apply to the inductor backend only")
+        return kw
+    if cfg.compile_mode and cfg.compile_mode != "default":
+        import torch._inductor
+
+        opts = {**torch._inductor.list_mode_options(cfg.compile_mode, dynamic=False), **opts}
+    if opts:
+        kw["options"] = opts
+    return kw

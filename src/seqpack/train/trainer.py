@@ -28,7 +28,7 @@ import torch
 
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
-from seqpack.train.config import TrainConfig
+from seqpack.train.config import TrainConfig, compile_kwargs
 from seqpack.train.data import OnlineLoader, PackedLoader, StepBatch
 from seqpack.train.dist import all_reduce_sum, init_distributed
 from seqpack.train.metrics import peak_flops, step_flops
@@ -222,7 +222,7 @@ class Trainer:
     def _wrap_model(self):
         """Compile and/or shard the model; returns the callable used for forward passes."""
         model, kind = self.model, self._compile_kind()
-        compile_kw = dict(fullgraph=True, dynamic=False, backend=self.cfg.compile_backend)
+        compile_kw = compile_kwargs(self.cfg)
         if kind != "none":
             raise_recompile_limit()
         if kind == "blocks":
@@ -243,6 +243,20 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             fwd = DDP(fwd, device_ids=ids)
         return fwd
+
+    def recompile(self, **changes) -> None:
+        """Compile again with changed compile settings (``compile``, ``compile_mode``,
+        ``inductor``): drops every compiled graph (``torch._dynamo.reset``) and the
+        per-block wrappers, then wraps the same model and optimizer anew. Single process
+        only (the benchmark's sweep)."""
+        if self.dist.enabled:
+            raise RuntimeError("recompile is for single-process runs (DDP/FSDP wrap the model once)")
+        self.cfg = self.cfg.replace(**changes)
+        torch._dynamo.reset()
+        for block in self.model.blocks:
+            block._compiled_call_impl = None  # undo nn.Module.compile
+        self.model.__dict__.pop("_head_loss", None)  # undo compile_loss
+        self.forward = self._wrap_model()
 
     def _make_optimizer(self):
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
