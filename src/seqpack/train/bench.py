@@ -16,13 +16,33 @@ MFU = (6 x params x useful tokens + causal attention FLOPs within documents) / t
 peak 989 TFLOP/s for H100/H200 bf16 dense (``--peak-tflops`` to override); useful tokens
 are real document tokens (padding and cross-document attention are not counted).
 
+What is timed (`Bench.time_config`):
+- Warm-up: at least ``--warmup`` steps, then more until two consecutive steps take the
+  same time per token slot within ``--warmup-tol`` (5%), at most ``--warmup-max`` steps;
+  then one forward/backward of every shape the timed steps hold that the warm-up did not
+  (padded rows). Compilation (dynamo, inductor, FA4's CuTe kernels, the Triton BlockMask
+  builder) happens here.
+- Then the weights and optimizer state are restored (every configuration trains the same
+  timed steps from the same weights: their losses are comparable), Python's garbage
+  collector is run and paused, and each of the ``--steps`` timed steps is timed on its
+  own: host clock around ``train_step`` + ``torch.cuda.synchronize()``. The whole step:
+  host-to-device copies, attention context (BlockMasks), forward, backward, gradient
+  clipping, AdamW.
+- Reported: the median step time (and min / max / mean), useful tokens/s and MFU as the
+  median over steps of each step's own rate; every step's time is in the JSON. Compile
+  counters (dynamo frames, FA4 kernels, BlockMask builder kernels) are read before and
+  after the timed window: a configuration that compiled while being timed says so.
+
 Notable:
 - One model and optimizer for every configuration; ``--compile blocks`` by default: each
   transformer block and the head+loss are compiled on their own (fullgraph=True,
   dynamic=False), so a new shape or backend costs one block's compile, not sixteen
-  (``--compile model``: the whole model as one graph). ``max_num_docs`` is set per
-  distribution (its most crowded step, rounded up to 8): tight for varlen kernels, and
-  auto, which under torch.compile sees only shapes, can tell the distributions apart.
+  (``--compile model``: the whole model as one graph). ``--compile-mode`` and
+  ``--inductor key=value,...`` pass inductor settings; ``--fused-rope-norm``,
+  ``--fused-qkv``, ``--residual`` the model's throughput options (`seqpack.model.gpt`).
+  ``max_num_docs`` is set per distribution (its most crowded step, rounded up to 8):
+  tight for varlen kernels, and auto, which under torch.compile sees only shapes, can
+  tell the distributions apart.
 - Auto picks backends from a calibration table of attention timings on this GPU. When
   there is none (a fresh machine), ``--calibrate auto`` measures one first for the
   model's attention shape (``seqpack.attention.bench.calibrate``: 1D buffer, fwd+bwd,
@@ -30,17 +50,22 @@ Notable:
 - Each configuration is its own try/except: a backend that fails is reported, not fatal.
   A time budget (``--budget-s``) skips what is left when it runs out, saying so.
 - ``--profile``: torch.profiler over a few steps of the best packed configuration, top
-  kernels and the time split into attention / matmul / loss / optimizer / other.
+  kernels and the time split into attention / matmul / loss / optimizer / other (GPU
+  kernels only: profiler ranges such as ``Optimizer.step#AdamW.step`` are not kernels).
 - ``--ddp`` under torchrun: each GPU alone, then DDP over all; scaling = DDP useful
-  tokens/s / (GPUs x one GPU's).
+  tokens/s / (GPUs x one GPU's). NVLink multicast stays off (NCCL_NVLS_ENABLE=0 unless
+  the environment says otherwise).
 - Results go to stdout and, as JSON, to ``--json`` or ``$OUT/bench_train.json``.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
+import statistics
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -48,7 +73,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DISTRIBUTIONS", "synthetic_documents", "add_arguments", "run", "categorize_kernel"]
+__all__ = ["DISTRIBUTIONS", "synthetic_documents", "add_arguments", "run", "categorize_kernel", "jit_counters",
+           "Bench", "profile_config"]
 
 # REFERENCE.md section 3: SFT-like median ~400 tokens, short ~150; log-normal, sigma 0.8
 # (as `seqpack bench attention`).
@@ -107,10 +133,25 @@ def add_arguments(p) -> None:
                         "the call, eager excluded)")
     p.add_argument("--modes", default="auto,backends,naive,padded",
                    help="which configurations, in order: auto, backends, naive, padded")
-    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per configuration (median reported)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed steps first, at least (compilation happens here)")
+    p.add_argument("--warmup-max", type=int, default=12,
+                   help="warm up beyond --warmup until two consecutive steps agree within --warmup-tol, "
+                        "at most this many steps")
+    p.add_argument("--warmup-tol", type=float, default=0.05, help="relative step-time agreement that ends the warm-up")
     p.add_argument("--compile", default=None, choices=("none", "model", "blocks"),
                    help="default: blocks on CUDA, none on CPU")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode (inductor), e.g. max-autotune-no-cudagraphs (expanded into options)")
+    p.add_argument("--inductor", default=None,
+                   help="inductor options, comma-separated key=value, e.g. coordinate_descent_tuning=1")
+    p.add_argument("--fused-rope-norm", type=int, default=0, choices=(0, 1),
+                   help="model option: RoPE + QK norm as one autograd function (same function)")
+    p.add_argument("--fused-qkv", type=int, default=0, choices=(0, 1),
+                   help="model option: q, k, v from one matmul (same parameters)")
+    p.add_argument("--residual", default="fp32", choices=("fp32", "autocast"),
+                   help="model option: residual stream in fp32 or in the autocast dtype (bf16: numerics change)")
     p.add_argument("--loss-chunk", type=int, default=0, help="fused head+CE chunk size (0: plain logits)")
     p.add_argument("--compare-loss-chunk", type=int, default=8192,
                    help="also time the best packed config with this loss chunk (0: skip)")
@@ -163,7 +204,9 @@ class Bench:
                                steps=10 ** 6, warmup_steps=1, lr=1e-4, device=args.device, compile=args.compile,
                                dist="ddp" if args.ddp else "none", progress=False, save=False,
                                loss_chunk=args.loss_chunk, peak_tflops=args.peak_tflops, out="/tmp/seqpack-bench",
-                               pad_multiple=0 if args.compile != "none" else 8)
+                               pad_multiple=0 if args.compile != "none" else 8, compile_mode=args.compile_mode,
+                               inductor=args.inductor, fused_rope_norm=bool(args.fused_rope_norm),
+                               fused_qkv=bool(args.fused_qkv), residual=args.residual)
         first = self.dists[0]
         self.trainer = Trainer(self.cfg.replace(max_num_docs=self.max_num_docs[first]), docs=self.docs[first],
                                vocab_size=vocab, plan=self.plans[first])
@@ -206,14 +249,10 @@ class Bench:
         return self.batches[key]
 
     def set_backend(self, name: str) -> None:
-        tr = self.trainer
-        tr.model_config.attn_backend = name
-        for block in tr.model.blocks:
-            block.attn.backend = name
+        self.trainer.model.configure(attn_backend=name)
 
     def set_loss_chunk(self, chunk: int) -> None:
-        self.trainer.model_config.loss_chunk = chunk
-        self.trainer.model.config.loss_chunk = chunk
+        self.trainer.model.configure(loss_chunk=chunk)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
@@ -233,8 +272,7 @@ class Bench:
                     seen.add(shape)
                     self._forward_backward(mb)
         self.trainer.optimizer.zero_grad(set_to_none=True)
-        if self.trainer.device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(self.trainer.device)
 
     def _forward_backward(self, mb) -> None:
         """Compile a shape without changing the weights (no optimizer step)."""
@@ -258,38 +296,130 @@ class Bench:
         tr.optimizer.zero_grad(set_to_none=True)
         tr.step = 0
 
-    def time_config(self, dist: str, mode: str) -> dict:
-        """Warm-up steps, then timed steps; useful tokens/s, MFU, fill, step time."""
+    def _keep_warming(self, times: list[float], slots: list[int], warmup: int, warmup_max: int) -> bool:
+        """Another warm-up step? Until ``warmup`` steps, then until the last two agree per
+        token slot within the tolerance, never past ``warmup_max``. Under DDP every rank
+        must run the same steps: they continue while any of them wants to."""
+        n = len(times)
+        if n >= warmup_max:
+            more = False
+        elif n < warmup:
+            more = True
+        elif n < 2:
+            more = True
+        else:  # time per token slot: padded steps differ in size
+            a, b = times[-1] / max(slots[-1], 1), times[-2] / max(slots[-2], 1)
+            more = abs(a - b) > self.args.warmup_tol * min(a, b)
+        tr = self.trainer
+        if tr.dist.enabled:
+            from seqpack.train.dist import all_reduce_sum
+
+            flag = torch.tensor([float(more)], device=tr.device)
+            more = float(all_reduce_sum(flag, tr.dist)) > 0
+        return more
+
+    def time_config(self, dist: str, mode: str, *, warmup: int | None = None, steps: int | None = None,
+                    warmup_max: int | None = None) -> dict:
+        """Warm up until the step time is steady, then time each step on its own (module
+        docstring: what is timed). Returns medians and every step's time."""
         from seqpack.train.metrics import step_flops
 
-        tr = self.trainer
-        steps = self.steps(dist, mode)
-        cuda = tr.device.type == "cuda"
+        args, tr = self.args, self.trainer
+        dev = tr.device
+        warmup = args.warmup if warmup is None else warmup
+        n_timed = args.steps if steps is None else steps
+        warmup_max = max(warmup, args.warmup_max if warmup_max is None else warmup_max)
+        batches = self.steps(dist, mode)
+        timed = batches[:max(1, min(n_timed, len(batches)))]
         self.reset_weights()
+        c0 = jit_counters()
         t_start = time.perf_counter()
-        for b in steps[: self.args.warmup]:
-            loss = tr.train_step(b)
-        if cuda:
-            torch.cuda.synchronize()
-        timed = steps[self.args.warmup:self.args.warmup + self.args.steps] or steps[-1:]
-        self._warm_shapes(steps[: self.args.warmup], timed)
+        warm_t, warm_slots = [], []
+        while warmup > 0 and self._keep_warming(warm_t, warm_slots, warmup, warmup_max):
+            b = batches[(len(timed) + len(warm_t)) % len(batches)]  # the untimed steps first, then cycle
+            t0 = time.perf_counter()
+            tr.train_step(b)
+            _sync(dev)
+            warm_t.append(time.perf_counter() - t0)
+            warm_slots.append(b.slots)
+        warm_batches = [batches[(len(timed) + i) % len(batches)] for i in range(len(warm_t))]
+        self._warm_shapes(warm_batches, timed)
         warm_s = time.perf_counter() - t_start
-        t0 = time.perf_counter()
-        for b in timed:
-            loss = tr.train_step(b)
-        if cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+
+        self.reset_weights()  # the timed steps start from the initial weights (comparable losses)
+        _sync(dev)
+        c1 = jit_counters()
+        gc.collect()
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # no collector pause inside a timed step
+        times, losses = [], []
+        try:
+            for b in timed:
+                t0 = time.perf_counter()
+                loss = tr.train_step(b)
+                _sync(dev)
+                times.append(time.perf_counter() - t0)
+                losses.append(loss)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        c2 = jit_counters()
+
         world = tr.dist.world  # each rank's steps hold 1 / world of the rows
-        useful = sum(b.useful_tokens for b in timed) * world
-        slots = sum(b.slots for b in timed) * world
-        flops = sum(step_flops(tr.num_params, b.useful_tokens, b.piece_lengths, tr.model_config) for b in timed) * world
         peak = tr.peak
-        docs = sum(b.docs for b in timed) / len(timed) * world
-        return dict(tok_s=useful / dt, mfu=flops / dt / (peak * world) if peak else None, fill=useful / max(slots, 1),
-                    step_ms=1000 * dt / len(timed), docs_per_step=docs, warmup_s=warm_s, loss=float(loss),
-                    steps=len(timed), warmup=self.args.warmup,
-                    micro_per_step=sum(len(b.micro) for b in timed) / len(timed))
+        useful = [b.useful_tokens * world for b in timed]
+        flops = [step_flops(tr.num_params, b.useful_tokens, b.piece_lengths, tr.model_config) * world for b in timed]
+        rates = [u / t for u, t in zip(useful, times)]
+        slots = sum(b.slots for b in timed) * world
+        compiled = {k: c2[k] - c1[k] for k in c2 if k in c1 and c2[k] != c1[k]}
+        r = dict(tok_s=statistics.median(rates),
+                 mfu=statistics.median(f / t for f, t in zip(flops, times)) / (peak * world) if peak else None,
+                 fill=sum(useful) / max(slots, 1), step_ms=1000 * statistics.median(times),
+                 step_ms_min=1000 * min(times), step_ms_max=1000 * max(times),
+                 step_ms_mean=1000 * sum(times) / len(times), tok_s_mean=sum(useful) / sum(times),
+                 docs_per_step=sum(b.docs for b in timed) / len(timed) * world, warmup_s=warm_s,
+                 loss=float(losses[-1]), loss_mean=float(torch.stack(losses).mean()), steps=len(timed),
+                 warmup=len(warm_t),
+                 micro_per_step=sum(len(b.micro) for b in timed) / len(timed),
+                 step_times_ms=[round(1000 * t, 3) for t in times], warmup_times_ms=[round(1000 * t, 1) for t in warm_t],
+                 compile_in_warmup={k: c1[k] - c0[k] for k in c1 if k in c0 and c1[k] != c0[k]})
+        if compiled:
+            r["compiled_in_timed_steps"] = compiled
+        return r
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def jit_counters() -> dict[str, float]:
+    """Compilation done so far in this process: dynamo frames and graphs, FA4 CuTe kernels,
+    Triton BlockMask builder kernels. Read before and after a timed window."""
+    out: dict[str, float] = {}
+    try:
+        from torch._dynamo.utils import counters
+
+        out["dynamo_frames"] = int(counters["frames"]["total"])
+        out["dynamo_graphs"] = int(counters["stats"]["unique_graphs"])
+    except Exception:
+        pass
+    iface = sys.modules.get("flash_attn.cute.interface")
+    if iface is not None:
+        n = 0
+        for fname in ("_flash_attn_fwd", "_flash_attn_bwd"):
+            fn = getattr(iface, fname, None)
+            for attr in dir(fn) if fn is not None else ():
+                if attr.startswith("compile_cache") and isinstance(getattr(fn, attr), dict):
+                    n += len(getattr(fn, attr))
+        out["fa4_kernels"] = n
+    bm = sys.modules.get("seqpack.attention._blockmask_triton")
+    if bm is not None:
+        try:
+            out["blockmask_kernels"] = sum(len(v[0]) for v in bm._blockmask_kernel.device_caches.values())
+        except Exception:
+            pass
+    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -353,12 +483,16 @@ def _row(dist, label, r) -> str:
     if "error" in r:
         return f"  {dist:<6} {label:<24} {r['error'][:90]}"
     mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") is not None else "    -"
+    spread = f"{r.get('step_ms_min', r['step_ms']):.1f}-{r.get('step_ms_max', r['step_ms']):.1f}"
+    warm = f"{r['warmup_s']:.1f} ({r.get('warmup', '?')})"
+    note = "  COMPILED WHILE TIMED: " + str(r["compiled_in_timed_steps"]) if r.get("compiled_in_timed_steps") else ""
     return (f"  {dist:<6} {label:<24} {r['tok_s']:>12,.0f} {mfu:>7} {r['fill'] * 100:>6.1f}% "
-            f"{r['step_ms']:>9.1f} {r['docs_per_step']:>7.1f} {r['warmup_s']:>9.1f} {r['loss']:>10.5f}")
+            f"{r['step_ms']:>9.1f} {spread:>13} {r['steps']:>3} {r['docs_per_step']:>7.1f} {warm:>11} "
+            f"{r['loss']:>10.5f}{note}")
 
 
 HEADER = (f"  {'dist':<6} {'config':<24} {'useful tok/s':>12} {'MFU':>7} {'fill':>7} {'step ms':>9} "
-          f"{'docs':>7} {'warm-up s':>9} {'last loss':>10}")
+          f"{'min-max ms':>13} {'n':>3} {'docs':>7} {'warm-up s':>11} {'last loss':>10}")
 
 
 def run_configs(bench: Bench, log) -> dict:
@@ -392,15 +526,10 @@ def run_configs(bench: Bench, log) -> dict:
                 continue
             try:
                 bench.set_backend(backend)
-                slow = backend in SLOW_BACKENDS
-                if slow:  # seconds per step at 32K tokens: a few steps say enough
-                    saved = (args.warmup, args.steps)
-                    args.warmup, args.steps = 1, 2
-                try:
+                if backend in SLOW_BACKENDS:  # seconds per step at 32K tokens: a few steps say enough
+                    r = bench.time_config(dist, mode, warmup=1, steps=2, warmup_max=1)
+                else:
                     r = bench.time_config(dist, mode)
-                finally:
-                    if slow:
-                        args.warmup, args.steps = saved
                 r.update(mode=mode, backend=backend)
                 if mode == "packed" and backend == "auto":
                     r["auto_picks"] = _auto_choice(bench, dist)
@@ -452,15 +581,16 @@ def summarize(results: dict, log) -> dict:
                 lines.append(f"{ratio:.2f}x {name}{f' ({best_name})' if name.startswith('best') else ''} "
                              f"[bar {bar}x: {'PASS' if ratio >= bar else 'FAIL'}]")
         pad = ok.get("padded", {})
-        pad_loss = pad.get("loss")
+        loss_of = lambda v: v.get("loss_mean", v.get("loss"))  # noqa: E731  (mean over the timed steps)
+        pad_loss = loss_of(pad)
         if pad_loss:
-            same_steps = lambda v: (v.get("steps"), v.get("warmup")) == (pad.get("steps"), pad.get("warmup"))  # noqa: E731
-            diffs = {k: abs(v["loss"] - pad_loss) / abs(pad_loss) for k, v in ok.items()
+            same_steps = lambda v: v.get("steps") == pad.get("steps")  # noqa: E731  (timed steps from the same weights)
+            diffs = {k: abs(loss_of(v) - pad_loss) / abs(pad_loss) for k, v in ok.items()
                      if k.startswith("packed") and "loss chunk" not in k and same_steps(v)}
             v["loss_rel_diff_vs_padded"] = diffs
-            naive = ok.get("naive", {}).get("loss")
+            naive = loss_of(ok["naive"]) if "naive" in ok and same_steps(ok["naive"]) else None
             worst = max(diffs, key=diffs.get) if diffs else None
-            lines.append(f"same weights, same steps: packed losses within {diffs[worst]:.1e} of padded ({worst})"
+            lines.append(f"same weights, same steps: mean packed losses within {diffs[worst]:.1e} of padded ({worst})"
                          + (f", naive {abs(naive - pad_loss) / abs(pad_loss):.1e}" if naive else "")
                          if worst else "")
         mfu = ok.get("packed auto", {}).get("mfu")
@@ -474,8 +604,6 @@ def summarize(results: dict, log) -> dict:
 
 def profile_best(bench: Bench, results: dict, log) -> dict | None:
     """torch.profiler over a few steps of the fastest packed configuration."""
-    from torch.profiler import ProfilerActivity, profile
-
     best = None
     for dist, rs in results.items():
         for label, r in rs.items():
@@ -486,21 +614,34 @@ def profile_best(bench: Bench, results: dict, log) -> dict | None:
     dist, label, r = best
     bench.set_backend(r["backend"])
     bench.set_loss_chunk(r.get("loss_chunk", bench.args.loss_chunk))
+    return profile_config(bench, dist, label, log)
+
+
+def _is_kernel_event(key: str, e) -> bool:
+    """A GPU kernel or copy, not a profiler range mirrored on the GPU timeline
+    (``Optimizer.step#AdamW.step``, ``ProfilerStep#3``: they overlap the kernels they hold)."""
+    if getattr(e, "is_user_annotation", False):
+        return False
+    return "#" not in key and not key.startswith(("Optimizer.", "ProfilerStep", "## "))
+
+
+def profile_config(bench: Bench, dist: str, label: str, log, *, steps: int = 3, top: int = 25) -> dict:
+    """torch.profiler over ``steps`` packed steps of the model as it is configured now:
+    GPU kernel time per step split into attention / matmul / loss / optimizer / other."""
+    from torch.profiler import ProfilerActivity, profile
+
     tr = bench.trainer
-    steps = bench.steps(dist, "packed")
+    batches = bench.steps(dist, "packed")
     cuda = tr.device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    n = min(3, len(steps))
-    for b in steps[:1]:
-        tr.train_step(b)  # warm (already compiled)
-    if cuda:
-        torch.cuda.synchronize()
+    n = min(steps, len(batches))
+    tr.train_step(batches[0])  # warm (already compiled)
+    _sync(tr.device)
     t0 = time.perf_counter()
     with profile(activities=acts) as prof:
-        for b in steps[:n]:
+        for b in batches[:n]:
             tr.train_step(b)
-        if cuda:
-            torch.cuda.synchronize()
+        _sync(tr.device)
     wall_ms = 1000 * (time.perf_counter() - t0) / n
     events = prof.key_averages()
 
@@ -512,9 +653,10 @@ def profile_best(bench: Bench, results: dict, log) -> dict | None:
 
     if cuda:  # kernels (and copies) only: an op's device time is already its kernels'
         timed = [(e.key, dev_time(e)) for e in events
-                 if str(getattr(e, "device_type", "")).endswith("CUDA") and dev_time(e) > 0]
+                 if str(getattr(e, "device_type", "")).endswith("CUDA") and dev_time(e) > 0 and _is_kernel_event(e.key, e)]
         if not timed:  # older profilers: no device_type on averages
-            timed = [(e.key, dev_time(e)) for e in events if dev_time(e) > 0 and not e.key.startswith("aten::")]
+            timed = [(e.key, dev_time(e)) for e in events
+                     if dev_time(e) > 0 and not e.key.startswith("aten::") and _is_kernel_event(e.key, e)]
     else:
         timed = [(e.key, e.self_cpu_time_total) for e in events if e.key.startswith("aten::") or "Optimizer" in e.key]
     total = sum(t for _, t in timed) or 1.0
@@ -523,31 +665,56 @@ def profile_best(bench: Bench, results: dict, log) -> dict | None:
         c = categorize_kernel(key)
         cats[c] = cats.get(c, 0.0) + t
     log(f"\nprofile: {label} on {dist}, {n} steps; {'GPU kernel' if cuda else 'CPU op'} time per step "
-        f"{total / n / 1000:.1f} ms of {wall_ms:.1f} ms wall")
+        f"{total / n / 1000:.1f} ms of {wall_ms:.1f} ms wall (profiled)")
     for c in sorted(cats, key=cats.get, reverse=True):
         log(f"  {c:<10} {cats[c] / n / 1000:8.2f} ms  {100 * cats[c] / total:5.1f}%")
-    top = sorted(timed, key=lambda kv: -kv[1])[:25]
-    log("  top kernels (ms per step, category):")
-    for key, t in top:
-        log(f"    {t / n / 1000:8.3f}  {categorize_kernel(key):<9}  {key[:110]}")
+    tops = sorted(timed, key=lambda kv: -kv[1])[:top]
+    if top:
+        log("  top kernels (ms per step, category):")
+        for key, t in tops:
+            log(f"    {t / n / 1000:8.3f}  {categorize_kernel(key):<9}  {key[:110]}")
     return dict(config=label, dist=dist, steps=n, wall_ms_per_step=wall_ms, busy_ms_per_step=total / n / 1000,
                 categories_ms={c: v / n / 1000 for c, v in cats.items()},
-                top=[dict(name=k, ms=t / n / 1000, category=categorize_kernel(k)) for k, t in top])
+                top=[dict(name=k, ms=t / n / 1000, category=categorize_kernel(k)) for k, t in tops])
+
+
+def split_line(prof: dict | None) -> str:
+    """``matmul 66.9 | attention 12.8 | other 29.9 | optimizer 4.6 | loss 4.7 ms`` from a profile."""
+    if not prof:
+        return "-"
+    c = prof["categories_ms"]
+    order = ["matmul", "attention", "other", "optimizer", "loss", "comm"]
+    parts = [f"{k} {c[k]:.1f}" for k in order if k in c] + [f"{k} {v:.1f}" for k, v in c.items() if k not in order]
+    return " | ".join(parts) + f" ms (kernels {prof['busy_ms_per_step']:.1f} ms/step)"
+
+
+# NVLink multicast (NVLS) stays off: on shared hosts a program using it can take the GPUs
+# out of service. Respected if the environment already sets them; set to off otherwise.
+NO_MULTICAST_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def run_ddp(args, log) -> dict:
-    """Under torchrun: packed auto on each GPU alone, then with DDP; scaling of useful tokens/s."""
+    """Under torchrun: packed auto on each GPU alone (all GPUs at once, no communication),
+    then the same per-GPU batch with DDP; scaling = DDP useful tokens/s / (GPUs x one GPU's)."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world < 2:
-        raise SystemExit("--ddp needs torchrun with 2+ processes: torchrun --nproc_per_node 2 -m seqpack.cli "
-                         "bench train --ddp")
+        raise SystemExit("--ddp needs torchrun with 2+ processes: torchrun --nproc_per_node 2 "
+                         "benchmarks/gpu_train.py --ddp")
+    for k, v in NO_MULTICAST_ENV.items():
+        os.environ.setdefault(k, v)  # before the process group: NCCL reads it at communicator creation
+    cuda = args.device.startswith("cuda")
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if cuda:
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank()
+    t_all = time.perf_counter()
+    log(f"DDP benchmark: {world} processes, backend {dist.get_backend()}; "
+        + ", ".join(f"{k}={os.environ.get(k)}" for k in NO_MULTICAST_ENV))
+    if os.environ.get("NCCL_NVLS_ENABLE", "0") != "0":
+        log("WARNING: NCCL_NVLS_ENABLE is not 0 in this environment (NVLink multicast may be used)")
     dist_name = [d.strip() for d in args.dists.split(",") if d.strip()][0]
     out = {}
     for phase in ("single", "ddp"):
@@ -556,26 +723,28 @@ def run_ddp(args, log) -> dict:
         bench = Bench(args)
         dist.barrier()
         r = bench.time_config(dist_name, "packed")
+        r["auto_picks"] = _auto_choice(bench, dist_name)
         # single: every rank measured its own GPU; ddp: time_config already counts all ranks
         t = torch.tensor([r["tok_s"]], dtype=torch.float64, device=bench.trainer.device)
         dist.all_reduce(t)
         out[phase] = dict(r, tok_s_all=float(t) / (world if phase == "ddp" else 1))
-        if rank == 0:
-            what = (f"{world} GPUs each alone (sum)" if phase == "single" else f"DDP over {world} GPUs")
-            log(f"  {what:<28} {out[phase]['tok_s_all']:>12,.0f} useful tok/s, step {r['step_ms']:.1f} ms, "
-                f"{args.rows} x {args.capacity} tokens per GPU")
+        unit = "GPUs" if cuda else "processes"
+        what = (f"{world} {unit} each alone (sum)" if phase == "single" else f"DDP over {world} {unit}")
+        log(f"  {what:<28} {out[phase]['tok_s_all']:>12,.0f} useful tok/s, median step {r['step_ms']:.1f} ms "
+            f"({r['step_ms_min']:.1f}-{r['step_ms_max']:.1f}), {args.rows} x {args.capacity} tokens per GPU, "
+            f"warm-up {r['warmup_s']:.0f} s ({r['warmup']} steps), auto -> {r['auto_picks']}")
         del bench
         torch._dynamo.reset()  # drop the compiled graphs (and what they hold) of this phase
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.empty_cache()
     one = out["single"]["tok_s_all"] / world  # mean over the GPUs that each ran alone
     scaling = out["ddp"]["tok_s_all"] / (world * one)
-    if rank == 0:
-        log(f"DDP scaling on {world} GPUs: {out['ddp']['tok_s_all']:,.0f} vs {world} x {one:,.0f} = "
-            f"{100 * scaling:.1f}% [bar 90%: {'PASS' if scaling >= 0.9 else 'FAIL'}]")
+    log(f"DDP scaling on {world} GPUs: {out['ddp']['tok_s_all']:,.0f} / ({world} x {one:,.0f}) = "
+        f"{100 * scaling:.1f}% [bar 90%: {'PASS' if scaling >= 0.9 else 'FAIL'}]; "
+        f"{time.perf_counter() - t_all:.0f} s")
     dist.destroy_process_group()
     return dict(world=world, one_gpu_tok_s=one, ddp_tok_s=out["ddp"]["tok_s_all"], scaling=scaling, phases=out,
-                rank=rank)
+                rank=rank, env={k: os.environ.get(k) for k in NO_MULTICAST_ENV})
 
 
 def _environment(device: str) -> dict:
@@ -626,7 +795,12 @@ def run(args) -> int:
             f"peak {tr.peak / 1e12 if tr.peak else '-'} TFLOP/s")
         log("MFU = (6 x params x useful tokens + causal attention FLOPs within documents) / time / peak; "
             "attention FLOPs = 12 x heads x head_dim x sum over documents of n(n+1)/2, per layer")
-        log(f"set-up {bench.elapsed():.1f} s; {args.warmup} warm-up + {args.steps} timed steps per configuration")
+        log(f"set-up {bench.elapsed():.1f} s; per configuration: warm-up of {args.warmup} to {args.warmup_max} steps "
+            f"(until two agree within {100 * args.warmup_tol:.0f}%), then {args.steps} steps timed one by one "
+            f"(synchronized); step ms = median [min-max], tok/s and MFU = median of per-step rates")
+        if args.compile_mode or args.inductor or args.fused_rope_norm or args.fused_qkv or args.residual != "fp32":
+            log(f"options: compile mode {args.compile_mode or 'default'}, inductor {args.inductor or '-'}, "
+                f"fused_rope_norm {args.fused_rope_norm}, fused_qkv {args.fused_qkv}, residual {args.residual}")
         if args.calibrate != "0":
             calibrate_attention(bench, log, force=args.calibrate == "1")
         results = run_configs(bench, log)
