@@ -16,6 +16,9 @@ The rule, in order:
    fwd+bwd, when the table has them), and the fastest kept backend wins.
 4. Kept backends the table never measured come after the measured ones, in the fixed
    order ``FALLBACK_ORDER`` (also the whole ranking when no table matches the device).
+5. On the devices of ``PAYBACK_CALLS`` (CPU), a backend that would compile itself on this
+   call (flex outside torch.compile) is charged that compile spread over that many calls
+   of the call's size: a test-sized CPU forward never waits seconds for flex.
 
 Everything here is plain Python over module-level dicts: it traces under torch.compile
 without a graph break. Files are read when this module is imported (and when the bench
