@@ -8,7 +8,7 @@ from seqpack.batch import Documents, collate_packed
 from seqpack.boundaries import DocBoundaries
 from seqpack.loss import packed_cross_entropy
 from seqpack.model import GPT, gpt_config
-from seqpack.model.gpt import causal_rows, prepare_context
+from seqpack.model.gpt import apply_rotary, causal_rows, norm, prepare_context, rope_angles, rope_norm
 from seqpack.model.head import linear_cross_entropy
 from seqpack.plan import plan_packing
 
@@ -68,6 +68,8 @@ CONFIGS = {
     "buffer positions": dict(positions="buffer"),
     "fused head": dict(loss_chunk=13),
     "no qk norm": dict(qk_norm=False),
+    "fused rope+norm, fused qkv": dict(fused_rope_norm=True, fused_qkv=True),
+    "fused, gqa, no qk norm": dict(fused_rope_norm=True, fused_qkv=True, n_head=4, n_kv_head=2, qk_norm=False),
 }
 
 
@@ -143,3 +145,62 @@ def test_fused_head_matches_plain_cross_entropy(autocast):
     assert torch.allclose(loss, ref.float(), rtol=tol)
     assert float((gh - h.grad).norm() / h.grad.norm()) < tol
     assert float((gw - w.grad).norm() / w.grad.norm()) < tol
+
+
+@pytest.mark.parametrize("qk_norm", [True, False])
+def test_fused_options_compute_the_same_function(qk_norm):
+    """fused_rope_norm and fused_qkv change the kernels, not the function: same loss and
+    gradients as the reference path for the same weights (fp32)."""
+    torch.manual_seed(0)
+    model = randomize(GPT(gpt_config("tiny", vocab_size=VOCAB, n_head=4, n_kv_head=2, qk_norm=qk_norm)))
+    docs = make_docs(LENGTHS)
+    ref = packed_step(model, docs, "1d")
+    model.configure(fused_rope_norm=True, fused_qkv=True)
+    fused = packed_step(model, docs, "1d")
+    assert torch.allclose(fused[0], ref[0], rtol=1e-6)
+    assert max_rel_err(fused[2], ref[2]) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_rope_norm_matches_rotary_then_norm(dtype, normalize):
+    torch.manual_seed(0)
+    x = torch.randn(40, 3, 16, dtype=dtype, requires_grad=True)
+    cos, sin = rope_angles(torch.arange(40) % 13, 16, 10000.0)
+    g = torch.randn(40, 3, 16, dtype=dtype)
+    ref = apply_rotary(x, cos, sin)
+    ref = norm(ref) if normalize else ref
+    (g_ref,) = torch.autograd.grad(ref, x, g)
+    out = rope_norm(x, cos, sin, normalize)
+    (g_out,) = torch.autograd.grad(out, x, g)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16: the reference rounds the rotated x before the norm
+    out, ref = out.detach(), ref.detach()
+    assert out.dtype == dtype
+    assert float((out.float() - ref.float()).norm() / ref.float().norm()) < tol
+    assert float((g_out.float() - g_ref.float()).norm() / g_ref.float().norm()) < tol
+
+
+def test_bf16_residual_is_a_no_op_without_autocast_and_close_with_it():
+    torch.manual_seed(0)
+    model = randomize(GPT(gpt_config("tiny", vocab_size=VOCAB)), seed=1)
+    docs = make_docs(LENGTHS)
+    ref = packed_step(model, docs, "1d")
+    model.configure(residual="autocast")
+    same = packed_step(model, docs, "1d")
+    assert torch.equal(same[0], ref[0])  # fp32: nothing to change
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = packed_step(model, docs, "1d")
+        model.configure(residual="fp32")
+        high = packed_step(model, docs, "1d")
+    assert torch.isfinite(low[0]) and abs(float(low[0] - high[0])) / float(high[0]) < 5e-2
+
+
+def test_configure_only_changes_per_call_options():
+    model = GPT(gpt_config("tiny", vocab_size=VOCAB))
+    model.configure(attn_backend="sdpa_dense", fused_qkv=True)
+    assert model.config.attn_backend == "sdpa_dense" and all(b.attn.fused_qkv for b in model.blocks)
+    assert all(b.attn.backend == "sdpa_dense" for b in model.blocks)
+    with pytest.raises(ValueError, match="cannot change"):
+        model.configure(n_layer=3)
+    with pytest.raises(ValueError, match="residual"):
+        model.configure(residual="fp16")

@@ -739,7 +739,8 @@ def run_ddp(args, log) -> dict:
             torch.cuda.empty_cache()
     one = out["single"]["tok_s_all"] / world  # mean over the GPUs that each ran alone
     scaling = out["ddp"]["tok_s_all"] / (world * one)
-    log(f"DDP scaling on {world} GPUs: {out['ddp']['tok_s_all']:,.0f} / ({world} x {one:,.0f}) = "
+    log(f"DDP scaling on {world} {'GPUs' if cuda else 'processes'}: {out['ddp']['tok_s_all']:,.0f} / "
+        f"({world} x {one:,.0f}) = "
         f"{100 * scaling:.1f}% [bar 90%: {'PASS' if scaling >= 0.9 else 'FAIL'}]; "
         f"{time.perf_counter() - t_all:.0f} s")
     dist.destroy_process_group()
