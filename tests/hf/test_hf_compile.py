@@ -86,3 +86,27 @@ def test_fused_loss_inside_a_compiled_model():
     for name, g in ref_grads.items():
         assert float((grads[name] - g).norm() / g.norm().clamp_min(1e-12)) <= 1e-4, name
     assert dict(counters["graph_break"]) == {}
+
+
+@pytest.mark.parametrize("impl, how", [("seqpack", "regional"), ("sdpa", "whole")])
+def test_static_collator_batches_never_recompile(impl, how):
+    """fixed_length + max_num_docs: batches with different documents (packed into the same number
+    of rows) keep every shape, so a dynamic=False graph serves them all."""
+    if impl == "seqpack":
+        pytest.importorskip("seqpack.attention")
+    from seqpack.integrations.hf_collator import DataCollatorForPacking
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    eager = tiny("llama", impl)
+    compiled = compile_model(hf.enable_packing(copy.deepcopy(eager)), how)
+    collator = DataCollatorForPacking(max_length=32, fixed_length=True, max_num_docs=12)
+    g = torch.Generator().manual_seed(0)
+    for lengths in ([5, 11, 3, 8, 6, 9, 4], [20, 7, 13, 2], [31, 1, 16, 9]):  # two rows each
+        batch = collator([{"input_ids": torch.randint(3, 128, (n,), generator=g).tolist()} for n in lengths])
+        loss, _ = step(compiled, batch)
+        ref_loss, _ = step(eager, batch)
+        assert abs(loss - ref_loss) <= 1e-5
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
+    assert not counters["recompiles"], dict(counters["recompiles"])
