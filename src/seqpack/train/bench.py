@@ -222,7 +222,10 @@ class Bench:
                 if name.endswith("c_proj.weight") or name.startswith("lm_head"):
                     std = 0.02 / math.sqrt(2 * model.config.n_layer) if "c_proj" in name else 0.02
                     p.copy_(torch.randn(p.shape, generator=g) * std)
+        pin = self.trainer.device.type == "cuda"  # pinned: restoring 1.2 GB takes tens of ms, not hundreds
         self.init_weights = [p.detach().to("cpu", copy=True) for p in model.parameters()]
+        if pin:
+            self.init_weights = [w.pin_memory() for w in self.init_weights]
 
     def _max_num_docs(self, dist: str) -> int:
         """Static cu_seqlens size for a distribution: its most crowded micro-batch, rounded up
@@ -426,8 +429,12 @@ def jit_counters() -> dict[str, float]:
 
 
 def _candidate_backends(bench: Bench) -> list[str]:
-    """Backends that can run the model's attention call on this device (packed 1D, grad)."""
-    from seqpack.attention import backend_support
+    """Backends that can run the model's attention call on this device (packed 1D, grad),
+    asked as the compiled model will ask (a backend that refuses torch.compile, such as
+    sdpa_njt, is reported as unable instead of failing inside the compile)."""
+    import dataclasses
+
+    from seqpack.attention.api import BACKENDS, _context, _request
     from seqpack.boundaries import DocBoundaries
 
     tr = bench.trainer
@@ -438,7 +445,10 @@ def _candidate_backends(bench: Bench) -> list[str]:
         bench.max_num_docs[bench.dists[0]], bench.args.capacity).to(tr.device)
     q = torch.zeros(T, mc.n_head, mc.head_dim, device=tr.device, dtype=dtype, requires_grad=True)
     k = torch.zeros(T, mc.n_kv_head, mc.head_dim, device=tr.device, dtype=dtype, requires_grad=True)
-    support = backend_support(q, k, k, b)
+    req = _request(q, k, k, _context(b, q), True, None)
+    if bench.args.compile != "none":
+        req = dataclasses.replace(req, compiling=True)
+    support = {name: be.supports(req) for name, be in BACKENDS.items()}
     ok = [n for n, why in support.items() if why is None and n not in SKIP_BACKENDS]
     skipped = {n: why for n, why in support.items() if why is not None}
     fast = [n for n in ok if n not in SLOW_BACKENDS]
@@ -749,14 +759,26 @@ def run_ddp(args, log) -> dict:
 
 
 def _environment(device: str) -> dict:
+    """Versions and commit for the record. The commit comes from git, else $SEQPACK_COMMIT
+    (a copy of the tree without .git, e.g. on a lent GPU machine)."""
+    from importlib import metadata
+
     env = dict(torch=torch.__version__, device=device)
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
+        env["gpus"] = torch.cuda.device_count()
         try:
             import triton
 
             env["triton"] = triton.__version__
         except ImportError:
+            pass
+    for dist_name in ("flash-attn-4", "flash_attn_4", "flash-attn", "nvidia-cutlass-dsl"):
+        try:
+            env[dist_name] = metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            pass
+        except Exception:
             pass
     try:
         import subprocess
@@ -765,6 +787,8 @@ def _environment(device: str) -> dict:
                                        cwd=Path(__file__).parent).stdout.strip()
     except Exception:
         pass
+    if not env.get("commit"):
+        env["commit"] = os.environ.get("SEQPACK_COMMIT", "")
     return env
 
 
