@@ -101,6 +101,9 @@ def add_arguments(p) -> None:
                    help="attention backend for every variant (auto when this one cannot run here)")
     p.add_argument("--model-start-s", type=float, default=300.0,
                    help="no whole-model ('model') variant starts after this many seconds (they compile longest)")
+    p.add_argument("--cd-compile-s", type=float, default=8.0,
+                   help="recommend a tuned (cd/pw) variant for the full benchmark only if its warm-up took at most "
+                        "this many seconds more than the same recipe untuned")
 
 
 def _quiet(_msg: str = "") -> None:
@@ -190,20 +193,24 @@ def run(args) -> int:
     best = max(done, key=lambda x: x["result"]["tok_s"])
     keep = [x for x in done if x["variant"]["keeps_math"]]
     best_keep = max(keep, key=lambda x: x["result"]["tok_s"]) if keep else None
-    best_blocks = max((x for x in keep if x["variant"]["compile"] == "blocks"), key=lambda x: x["result"]["tok_s"],
-                      default=None)
+    best_blocks, why_not = recommend(done, args.cd_compile_s)
     print(f"\nbest: {best['variant']['name']}: {best['result']['step_ms']:.1f} ms, "
           f"{best['result']['tok_s']:,.0f} useful tok/s, MFU {_pct(best['result'].get('mfu'))}")
-    print(f"  profile split: {B.split_line(best.get('profile') if isinstance(best.get('profile'), dict) and 'categories_ms' in best['profile'] else None)}")
+    prof = best.get("profile")
+    print(f"  profile split: {B.split_line(prof if isinstance(prof, dict) and 'categories_ms' in prof else None)}")
     if best_keep is not None and best_keep is not best:
         print(f"best that keeps the math: {best_keep['variant']['name']}: {best_keep['result']['tok_s']:,.0f} "
               f"useful tok/s, MFU {_pct(best_keep['result'].get('mfu'))}")
+    for line in why_not:
+        print(line)
     if best_blocks is not None:
         b = best_blocks["result"]
-        print(f"full benchmark with the fastest per-block settings that keep the math ({best_blocks['variant']['name']}, "
-              f"warm-up {b['warmup_s']:.0f} s here):\n  python benchmarks/gpu_train.py --budget-s 330 "
-              f"--compare-loss-chunk 0 {bench_flags(best_blocks['variant'])}")
+        print(f"full benchmark with the fastest per-block settings that keep the math and compile fast enough for "
+              f"its ~16 configurations ({best_blocks['variant']['name']}, {b['tok_s']:,.0f} useful tok/s here):\n"
+              f"  python benchmarks/gpu_train.py --budget-s 300 --compare-loss-chunk 0 "
+              f"{bench_flags(best_blocks['variant'])}")
     summary = dict(best=best["variant"]["name"], best_keeping_math=best_keep and best_keep["variant"]["name"],
+                   left_out=why_not,
                    best_blocks=best_blocks and best_blocks["variant"]["name"],
                    best_blocks_flags=best_blocks and bench_flags(best_blocks["variant"]))
     if path:
@@ -211,6 +218,36 @@ def run(args) -> int:
                                               summary=summary), indent=1, default=str))
         print(f"wrote {path}")
     return 0
+
+
+def recommend(done: list[dict], cd_compile_s: float):
+    """The fastest per-block variant that keeps the math and whose compile cost suits the
+    full benchmark (about 16 configurations and padded shapes, each compiled anew): a
+    variant tuned with cd (or mat) is left out when its warm-up took more than
+    ``cd_compile_s`` longer than the same recipe without the tuning. Returns it and the
+    reasons for what was left out."""
+    by_name = {x["variant"]["name"]: x for x in done}
+    ok, why = [], []
+    for x in done:
+        v = x["variant"]
+        if not v["keeps_math"] or v["compile"] != "blocks":
+            continue
+        tokens = v["name"].split("+")
+        tuned = [t for t in tokens if t in ("cd", "mat", "pw")]
+        if "mat" in tuned:
+            why.append(f"left out of the full run: {v['name']} (GEMM autotuning per configuration takes minutes)")
+            continue
+        if tuned:
+            plain = "+".join(t for t in tokens if t not in tuned)
+            ref = by_name.get(plain)
+            extra = x["result"]["warmup_s"] - ref["result"]["warmup_s"] if ref else None
+            if extra is None or extra > cd_compile_s:
+                why.append(f"left out of the full run: {v['name']} (tuning cost "
+                           f"{'unknown: ' + plain + ' not measured' if extra is None else f'+{extra:.0f} s of warm-up'}"
+                           f" per compile, ~16 compiles there)")
+                continue
+        ok.append(x)
+    return (max(ok, key=lambda x: x["result"]["tok_s"]) if ok else None), why
 
 
 def _pct(x) -> str:
