@@ -101,6 +101,9 @@ def add_arguments(p) -> None:
                    help="attention backend for every variant (auto when this one cannot run here)")
     p.add_argument("--model-start-s", type=float, default=300.0,
                    help="no whole-model ('model') variant starts after this many seconds (they compile longest)")
+    p.add_argument("--hard-s", type=float, default=470.0,
+                   help="skip a variant whose expected cost (the longest warm-up seen for its compile kind, x1.5 "
+                        "when tuned, + 15 s) would end it past this many seconds")
     p.add_argument("--cd-compile-s", type=float, default=8.0,
                    help="recommend a tuned (cd/pw) variant for the full benchmark only if its warm-up took at most "
                         "this many seconds more than the same recipe untuned")
@@ -133,7 +136,8 @@ def run(args) -> int:
           f"set-up {bench.elapsed():.0f} s", flush=True)
     print(f"per variant: recompile, warm-up {args.warmup}-{args.warmup_max} steps (until two agree within "
           f"{100 * args.warmup_tol:.0f}%), weights reset, {args.steps} steps timed one by one; budget: no variant "
-          f"starts after {args.budget_s:.0f} s, no 'model' variant after {args.model_start_s:.0f} s", flush=True)
+          f"starts after {args.budget_s:.0f} s, no 'model' variant after {args.model_start_s:.0f} s, none expected "
+          f"to end past {args.hard_s:.0f} s", flush=True)
     header = (f"{'variant':<26} {'step ms':>8} {'min-max':>13} {'useful tok/s':>12} {'MFU':>6} {'warm s':>7} "
               f"{'vs 1st':>6} {'mean loss':>11}  profile (GPU kernel ms/step)")
     print(header, flush=True)
@@ -147,10 +151,12 @@ def run(args) -> int:
             Path(path).write_text(json.dumps(dict(env=env, args=vars(args), backend=backend, results=results),
                                              indent=1, default=str))
 
+    seen_warm: dict[str, float] = {}  # longest warm-up (compile) seen per compile kind
     for v in variants:
         el = bench.elapsed()
-        if el > args.budget_s or (v["compile"] == "model" and el > args.model_start_s):
-            res = dict(variant=v, error=f"skipped: {el:.0f} s spent (budget)")
+        est = seen_warm.get(v["compile"], 0.0) * (1.5 if v["inductor"] or v["compile_mode"] else 1.0) + 15.0
+        if el > args.budget_s or (v["compile"] == "model" and el > args.model_start_s) or el + est > args.hard_s:
+            res = dict(variant=v, error=f"skipped: {el:.0f} s spent, this one would need ~{est:.0f} s (budget)")
             results.append(res)
             print(f"{v['name']:<26} {res['error']}", flush=True)
             save()
@@ -164,6 +170,7 @@ def run(args) -> int:
             t0 = time.perf_counter()
             r = bench.time_config(dist, "packed")
             r["wall_s"] = time.perf_counter() - t0
+            seen_warm[v["compile"]] = max(seen_warm.get(v["compile"], 0.0), r["warmup_s"])
             prof = None
             if args.profile:
                 try:
