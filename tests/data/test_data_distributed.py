@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import sft_lengths
+from data_util import sft_lengths
 
 from seqpack.batch import Documents
 from seqpack.data.online import PackedIterableDataset

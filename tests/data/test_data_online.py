@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import sft_lengths, token_docs, write_parquet
+from data_util import sft_lengths, token_docs, write_parquet
 from torch.utils.data import DataLoader
 
 from seqpack.batch import Documents

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import sft_lengths, token_docs, write_parquet
+from data_util import sft_lengths, token_docs, write_parquet
 
 from seqpack.data.pack import pack_to_parquet, packed_metadata, read_packed
 

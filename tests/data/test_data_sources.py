@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import write_parquet
+from data_util import write_parquet
 
 from seqpack.data.sources import open_source
 from seqpack.data.tokenize import encode_chat, load_tokenizer, split_points

@@ -15,7 +15,7 @@ import torch._dynamo
 from seqpack.integrations import hf
 from seqpack.integrations.hf_collator import packed_model_inputs
 
-from conftest import packed, tiny
+from hf_util import packed, tiny
 
 pytestmark = pytest.mark.slow
 

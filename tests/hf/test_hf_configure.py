@@ -9,7 +9,7 @@ import seqpack
 from seqpack.integrations import hf
 from seqpack.integrations.hf_verify import compare_packed
 
-from conftest import packed, tiny
+from hf_util import packed, tiny
 
 
 @pytest.fixture

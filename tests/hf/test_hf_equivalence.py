@@ -9,7 +9,7 @@ import torch
 
 from seqpack.integrations.hf_verify import FORMS, compare_packed
 
-from conftest import FAMILIES, LAYOUTS, packed, tiny
+from hf_util import FAMILIES, LAYOUTS, packed, tiny
 
 TOL = 1e-4
 # Each layout is handed over in a different form, so every family meets every form.

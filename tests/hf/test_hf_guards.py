@@ -9,7 +9,7 @@ from seqpack.batch import collate_packed
 from seqpack.integrations import hf
 from seqpack.integrations.hf import PackingError
 
-from conftest import packed, tiny
+from hf_util import packed, tiny
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from seqpack.integrations import hf
 from seqpack.integrations.hf_loss import fused_causal_lm_loss
 from seqpack.integrations.hf_verify import compare_packed
 
-from conftest import packed, tiny
+from hf_util import packed, tiny
 
 V = 301
 

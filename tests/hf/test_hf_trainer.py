@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from seqpack.integrations.hf_collator import DataCollatorForPacking  # noqa: E402
 
-from conftest import tiny  # noqa: E402
+from hf_util import tiny  # noqa: E402
 
 VOCAB = 128
 
