@@ -195,28 +195,13 @@ def equivalence_model(args, s):
     tdocs, batch = make_rows(lengths, [[0, 1, 2], [3, 4, 5]], s["vocab_size"], device=args.device)
     out = []
 
-    def fused_vs_transformers(inputs) -> dict:
-        """The same packed call with transformers' loss and with the fused one: loss and grads."""
-        res = []
-        for on in (False, True):
-            (hf.enable_fused_loss if on else hf.disable_fused_loss)(model)
-            model.zero_grad(set_to_none=True)
-            loss = model(**inputs).loss
-            loss.backward()
-            res.append((float(loss), {n: p.grad.float() for n, p in model.named_parameters()}))
-        model.zero_grad(set_to_none=True)
-        (l0, g0), (l1, g1) = res
-        return {"loss_vs_transformers": abs(l1 - l0),
-                "grads_vs_transformers": max(float((g1[n] - g).norm() / g.norm().clamp_min(1e-12))
-                                             for n, g in g0.items())}
-
     def check(impl, dtype, tol, form="collator", fused=False, control=False):
         name = f"{impl}{' + fused loss' if fused else ''}"
         try:
             model.to(dtype)
             model.set_attn_implementation(impl)
-            if fused:
-                hf.enable_fused_loss(model)
+            if fused:  # chunked, not compiled (the compiled form is checked at scale in throughput)
+                hf.enable_fused_loss(model, compile=False)
             if control:  # transformers alone, DataCollatorWithFlattening's layout: one row, position_ids
                 _, flat = make_rows(lengths, [list(range(6))], s["vocab_size"], device=args.device)
                 r = compare_packed(model, tdocs, flat, form="position_ids", backward=False,
@@ -230,7 +215,7 @@ def equivalence_model(args, s):
                          ok=r["logits"] <= tol and (math.isnan(r["grads"]) or r["grads"] <= tol))
                 if fused:
                     from seqpack.integrations.hf_collator import packed_model_inputs
-                    r.update(fused_vs_transformers(packed_model_inputs(batch)))
+                    r.update(fused_vs_transformers(model, packed_model_inputs(batch), compile=False))
                     r["ok"] = r["ok"] and r["grads_vs_transformers"] <= 1e-4
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
@@ -259,6 +244,27 @@ def equivalence_model(args, s):
     RESULTS["equivalence_model"] = out
     RESULTS["equivalence_model_pass"] = all(r.get("ok", True) for r in out if r.get("seqpack"))
     del model
+
+
+def fused_vs_transformers(model, inputs, **fused) -> dict:
+    """The same call with transformers' loss and with seqpack's fused one (left enabled): the
+    difference of the losses and the largest relative difference of the parameter gradients."""
+    from seqpack.integrations import hf
+    res = []
+    for on in (False, True):
+        if on:
+            hf.enable_fused_loss(model, **fused)
+        else:
+            hf.disable_fused_loss(model)
+        model.zero_grad(set_to_none=True)
+        loss = model(**inputs).loss
+        loss.backward()
+        res.append((float(loss.detach()), {n: p.grad.float() for n, p in model.named_parameters()}))
+    model.zero_grad(set_to_none=True)
+    (l0, g0), (l1, g1) = res
+    return {"loss_vs_transformers": abs(l1 - l0),
+            "grads_vs_transformers": max(float((g1[n] - g).norm() / g.norm().clamp_min(1e-12))
+                                         for n, g in g0.items())}
 
 
 def micro_batches(layout: str, rows, docs, s, device):
@@ -486,6 +492,9 @@ def throughput(args, s):
             (hf.enable_packing if use_hook else hf.disable_packing)(model)
             (hf.enable_fused_loss if fused else hf.disable_fused_loss)(model)
             batches = micro_batches(layout, rows, docs, s, args.device)
+            if fused and not comp:  # the fused loss against transformers' on the real batch (bf16)
+                r["fused_check"] = fused_vs_transformers(model, batches[0])
+                log(f"{name:>56}: vs transformers' loss on this batch: {r['fused_check']}")
             opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
             losses: list = []
             t0 = time.perf_counter()
