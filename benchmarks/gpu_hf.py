@@ -3,6 +3,7 @@
 Run from the repository root (transformers installed; no install of seqpack needed):
 
     PYTHONUNBUFFERED=1 OUT=/some/dir python3 benchmarks/gpu_hf.py           # one H100, ~2.5 minutes
+    ... --whole-compile --budget 300                                       # + torch.compile(model), ~2 more
     python3 benchmarks/gpu_hf.py --tiny --device cpu                        # the same code, tiny, on a CPU
 
 Parts, each in its own try/except so one failure never hides the others:
@@ -460,6 +461,9 @@ def throughput(args, s):
           False),
         C("seqpack rows, flex_attention", "seqpack", "flex_attention", True, False, False, False, 12, False),
     ]
+    if args.whole_compile:  # torch.compile(model): 24 layers in one graph, a minute or more to compile
+        configs.append(C(f"seqpack rows, {seqpack_impl}, whole model compiled, fused loss", "seqpack", seqpack_impl,
+                         True, "whole", True, False, 90, False))
     if args.skip_compile:
         configs = [c for c in configs if not c[4]]
     # If the compiled "seqpack" attention fails, measure the PyTorch-only varlen path compiled instead.
@@ -485,9 +489,10 @@ def throughput(args, s):
                     torch._dynamo.reset()
                 torch._dynamo.utils.counters.clear()
             last = (impl, comp)
-            if comp != compiled:
-                compile_layers(model, comp)
-                compiled = comp
+            regional = comp is True
+            if regional != compiled:
+                compile_layers(model, regional)
+                compiled = regional
             model.set_attn_implementation(impl)
             (hf.enable_packing if use_hook else hf.disable_packing)(model)
             (hf.enable_fused_loss if fused else hf.disable_fused_loss)(model)
@@ -496,11 +501,12 @@ def throughput(args, s):
                 r["fused_check"] = fused_vs_transformers(model, batches[0])
                 log(f"{name:>56}: vs transformers' loss on this batch: {r['fused_check']}")
             opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=gpu)
+            run = torch.compile(model, dynamic=False) if comp == "whole" else model
             losses: list = []
             t0 = time.perf_counter()
-            warm = train_steps(model, batches, opt, 1, args, first_loss=losses)
+            warm = train_steps(run, batches, opt, 1, args, first_loss=losses)
             first = time.perf_counter() - t0
-            step = train_steps(model, batches, opt, s["steps"], args)
+            step = train_steps(run, batches, opt, s["steps"], args)
             r.update(step_ms=1e3 * step, tokens_per_s=useful / step, warmup_s=first, warm_step_ms=1e3 * warm,
                      first_step_loss=losses[0], micro_batches=len(batches),
                      peak_gib=torch.cuda.max_memory_allocated() / 2**30 if gpu else float("nan"))
@@ -511,21 +517,21 @@ def throughput(args, s):
                 + (f" dynamo {r['dynamo']}" if comp else ""))
             if prof and (args.tiny or elapsed() < args.budget):
                 try:
-                    r["profile"] = profile_step(model, batches, opt, args)
+                    r["profile"] = profile_step(run, batches, opt, args)
                     p = r["profile"]
                     log(f"{'profile':>56}: wall {p['wall_ms']:.0f} ms, GPU busy {p['gpu_busy_ms']:.0f} ms: "
                         + ", ".join(f"{k} {v:.0f}" for k, v in p["categories_ms"].items()))
                 except Exception as e:  # noqa: BLE001
                     r["profile_error"] = short(e)
                     log(f"profile failed: {short(e)}")
-            del opt
+            del opt, run
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             r["error"] = short(e, 800)
             if comp:
                 r["dynamo"] = dynamo_counters()
             log(f"{name:>56}: ERROR {short(e, 300)}")
-            if comp and impl == "seqpack" and gpu and fallback not in configs:
+            if comp is True and impl == "seqpack" and gpu and fallback not in configs:
                 configs.insert(0, fallback)
         finally:
             hf.disable_packing(model)
@@ -583,6 +589,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="tiny model and data (a CPU check of this script)")
     p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--whole-compile", action="store_true",
+                   help="also torch.compile(model) whole (seqpack, fused loss): slow to compile, optional")
     p.add_argument("--budget", type=float, default=150.0,
                    help="seconds: optional throughput configurations start only while the run is within this")
     p.add_argument("--only", default=None, help="comma-separated parts: env,equivalence_tiny,equivalence_model,"
