@@ -153,8 +153,10 @@ def test_sweep_variants_and_cpu_smoke(tmp_path):
                          "--json", str(out)])
     assert sweep.run(args) == 0
     res = json.loads(out.read_text())
-    assert [x["variant"]["name"] for x in res["results"]] == ["blocks", "blocks+rope+qkv"]
-    assert all(x["result"]["tok_s"] > 0 and x["profile"]["categories_ms"] for x in res["results"])
+    names = [x["variant"]["name"] for x in res["results"]]
+    assert names[:2] == ["blocks", "blocks+rope+qkv"] and names[2].endswith(" on short")  # the fastest, again
+    assert all(x["result"]["tok_s"] > 0 and x["profile"]["categories_ms"] for x in res["results"][:2])
+    assert res["results"][2]["dist"] == "short" and res["results"][2]["result"]["steps"] == 2
     assert res["summary"]["best_blocks_flags"].startswith("--compile blocks")
 
 
