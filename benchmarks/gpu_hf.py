@@ -244,7 +244,6 @@ def equivalence_model(args, s):
             check(impl, torch.bfloat16, 0.5)
     RESULTS["equivalence_model"] = out
     RESULTS["equivalence_model_pass"] = all(r.get("ok", True) for r in out if r.get("seqpack"))
-    del model
 
 
 def fused_vs_transformers(model, inputs, **fused) -> dict:
