@@ -253,7 +253,7 @@ def run(args) -> int:
         b = best_blocks["result"]
         print(f"full benchmark with the fastest per-block settings that keep the math and compile fast enough for "
               f"its ~16 configurations ({best_blocks['variant']['name']}, {b['tok_s']:,.0f} useful tok/s here):\n"
-              f"  python benchmarks/gpu_train.py --budget-s 300 --compare-loss-chunk 0 "
+              f"  python benchmarks/gpu_train.py --budget-s 300 "
               f"{bench_flags(best_blocks['variant'])}")
     summary = dict(best=best["variant"]["name"], best_keeping_math=best_keep and best_keep["variant"]["name"],
                    left_out=why_not,
