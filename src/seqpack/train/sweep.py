@@ -152,20 +152,8 @@ def run(args) -> int:
             Path(path).write_text(json.dumps(dict(env=env, args=vars(args), backend=backend, results=results),
                                              indent=1, default=str))
 
-    # Global warm-up, so that each variant's warm-up is its own compile only: one eager step
-    # (FA4's CuTe kernels, the BlockMask builder, cuBLAS) and a trivial inductor compile
-    # (Triton, inductor's compile workers).
-    t0 = time.perf_counter()
-    try:
-        tr.recompile(compile="none")
-        bench.set_backend(backend)
-        tr.train_step(bench.steps(dist, "packed")[0])
-        if tr.device.type == "cuda":
-            torch.compile(lambda x: x * 2 + 1, dynamic=False)(torch.ones(8, device=tr.device))
-        B._sync(tr.device)
-    except Exception as e:
-        print(f"global warm-up failed ({type(e).__name__}: {e}); the first variant's warm-up includes it", flush=True)
-    print(f"global warm-up (eager step + a trivial compile) {time.perf_counter() - t0:.0f} s", flush=True)
+    # Global warm-up, so that each variant's warm-up is its own compile only.
+    print(f"global warm-up (one eager step, a trivial compile) {B.global_warmup(bench, backend):.0f} s", flush=True)
     print(header, flush=True)
     seen_warm: dict[str, float] = {}  # longest warm-up (compile) seen per compile kind
     for v in variants:
