@@ -416,6 +416,9 @@ def global_warmup(bench: Bench, backend: str = "auto", log=print) -> float:
             if tr.device.type == "cuda":
                 torch.compile(lambda x: x * 2 + 1, dynamic=False)(torch.ones(8, device=tr.device))
             _sync(tr.device)
+            tr.optimizer.zero_grad(set_to_none=True)
+            if tr.device.type == "cuda":
+                torch.cuda.empty_cache()  # the eager step's activations (tens of GB) go back to the driver
             tr.recompile(compile=kind)
     except Exception as e:
         log(f"global warm-up failed ({type(e).__name__}: {e}); the first configuration's warm-up includes it")
