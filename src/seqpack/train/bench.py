@@ -421,9 +421,13 @@ def global_warmup(bench: Bench, backend: str = "auto", log=print) -> float:
                 torch.cuda.empty_cache()  # the eager step's activations (tens of GB) go back to the driver
             tr.recompile(compile=kind)
     except Exception as e:
-        log(f"global warm-up failed ({type(e).__name__}: {e}); the first configuration's warm-up includes it")
+        log(f"global warm-up failed ({type(e).__name__}: {str(e)[:200]}); the first configuration's warm-up "
+            f"includes it")
+        tr.optimizer.zero_grad(set_to_none=True)
         if tr.cfg.compile != kind:
             tr.recompile(compile=kind)
+    if tr.device.type == "cuda":
+        torch.cuda.empty_cache()
     return time.perf_counter() - t0
 
 
