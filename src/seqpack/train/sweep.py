@@ -106,7 +106,7 @@ def add_arguments(p) -> None:
     p.add_argument("--hard-s", type=float, default=470.0,
                    help="skip a variant whose expected cost (the longest warm-up seen for its compile kind, x1.5 "
                         "when tuned, + 15 s) would end it past this many seconds")
-    p.add_argument("--cd-compile-s", type=float, default=8.0,
+    p.add_argument("--cd-compile-s", type=float, default=3.0,
                    help="recommend a tuned (cd/pw) variant for the full benchmark only if its warm-up took at most "
                         "this many seconds more than the same recipe untuned")
 
