@@ -453,8 +453,12 @@ def jit_counters() -> dict[str, float]:
         for fname in ("_flash_attn_fwd", "_flash_attn_bwd"):
             fn = getattr(iface, fname, None)
             for attr in dir(fn) if fn is not None else ():
-                if attr.startswith("compile_cache") and isinstance(getattr(fn, attr), dict):
-                    n += len(getattr(fn, attr))
+                cache = getattr(fn, attr, None)
+                if attr.startswith("compile_cache") and hasattr(cache, "__len__"):
+                    try:
+                        n += len(cache)
+                    except TypeError:
+                        pass
         out["fa4_kernels"] = n
     bm = sys.modules.get("seqpack.attention._blockmask_triton")
     if bm is not None:
