@@ -117,6 +117,7 @@ def _quiet(_msg: str = "") -> None:
 
 def run(args) -> int:
     args = B._defaults(args)
+    B.quiet_known_warnings()
     t_run = time.perf_counter()
     env = B._environment(args.device)
     print(f"seqpack train sweep: {env}", flush=True)
