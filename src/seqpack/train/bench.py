@@ -392,7 +392,8 @@ class Bench:
                  loss=float(losses[-1]), loss_mean=float(torch.stack(losses).mean()), steps=len(timed),
                  warmup=len(warm_t),
                  micro_per_step=sum(len(b.micro) for b in timed) / len(timed),
-                 step_times_ms=[round(1000 * t, 3) for t in times], warmup_times_ms=[round(1000 * t, 1) for t in warm_t],
+                 step_times_ms=[round(1000 * t, 3) for t in times],
+                 warmup_times_ms=[round(1000 * t, 1) for t in warm_t],
                  compile_in_warmup={k: c1[k] - c0[k] for k in c1 if k in c0 and c1[k] != c0[k]},
                  gc_collect_s=round(gc_s, 3))
         if compiled:
@@ -641,7 +642,8 @@ def summarize(results: dict, log) -> dict:
                 verdict_ = "PASS" if ratio >= bar else "FAIL"
                 if name.startswith("best") and same and ratio < bar:
                     # auto ran that very backend (same compiled graph): the gap is run-to-run noise
-                    verdict_ = f"FAIL as measured; auto ran {picked} itself, so {100 * (1 - ratio):.1f}% is timing noise"
+                    verdict_ = (f"FAIL as measured; auto ran {picked} itself, so {100 * (1 - ratio):.1f}% "
+                                f"is timing noise")
                 lines.append(f"{ratio:.3f}x {name}{f' ({best_name})' if name.startswith('best') else ''} "
                              f"[bar {bar}x: {verdict_}]")
         pad = ok.get("padded", {})
@@ -717,7 +719,8 @@ def profile_config(bench: Bench, dist: str, label: str, log, *, steps: int = 3, 
 
     if cuda:  # kernels (and copies) only: an op's device time is already its kernels'
         timed = [(e.key, dev_time(e)) for e in events
-                 if str(getattr(e, "device_type", "")).endswith("CUDA") and dev_time(e) > 0 and _is_kernel_event(e.key, e)]
+                 if str(getattr(e, "device_type", "")).endswith("CUDA") and dev_time(e) > 0
+                 and _is_kernel_event(e.key, e)]
         if not timed:  # older profilers: no device_type on averages
             timed = [(e.key, dev_time(e)) for e in events
                      if dev_time(e) > 0 and not e.key.startswith("aten::") and _is_kernel_event(e.key, e)]

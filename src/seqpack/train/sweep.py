@@ -132,7 +132,6 @@ def run(args) -> int:
     if backend != "auto" and backend not in fast + slow:
         print(f"backend {backend} cannot run here ({skipped.get(backend, 'not available')}): using auto", flush=True)
         backend = "auto"
-    mc = tr.model_config
     print(f"model {args.preset}: {tr.num_params / 1e6:.1f}M parameters, {args.rows} x {args.capacity} tokens per "
           f"step, dist {dist}, packed, backend {backend}, max_num_docs {bench.max_num_docs[dist]}; "
           f"{'bf16 autocast' if tr.use_bf16 else 'fp32'}; peak {tr.peak / 1e12 if tr.peak else '-'} TFLOP/s; "
