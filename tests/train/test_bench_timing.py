@@ -145,6 +145,15 @@ def test_sweep_variants_and_cpu_smoke(tmp_path):
         "--compile blocks --inductor coordinate_descent_tuning=1 --fused-rope-norm 1 --fused-qkv 1")
     with pytest.raises(ValueError, match="unknown variant token"):
         sweep.parse_variant("blocks+turbo")
+    assert sweep.parse_variant("blocks+cg")["compile_mode"] == "reduce-overhead"
+    assert sweep.parse_variant("blocks+cg+mat")["compile_mode"] == "max-autotune"
+    assert sweep.parse_variant("mat+blocks")["compile_mode"] == "max-autotune-no-cudagraphs"
+    from seqpack.train.config import TrainConfig, uses_cudagraphs
+
+    assert uses_cudagraphs(TrainConfig(compile_mode="reduce-overhead"))
+    assert uses_cudagraphs(TrainConfig(inductor="triton.cudagraphs=1"))
+    assert not uses_cudagraphs(TrainConfig(compile_mode="max-autotune-no-cudagraphs"))
+    assert not uses_cudagraphs(TrainConfig(compile_mode="reduce-overhead", inductor="triton.cudagraphs=0"))
     out = tmp_path / "sweep.json"
     p = argparse.ArgumentParser()
     sweep.add_arguments(p)
@@ -165,12 +174,14 @@ def test_ddp_benchmark_on_two_gloo_processes(tmp_path):
     out = tmp_path / "ddp.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.join(ROOT, "benchmarks", "gpu_train.py"), "--ddp", "--tiny", "--device", "cpu", "--capacity", "128",
-           "--rows", "2", "--steps", "2", "--warmup", "1", "--warmup-max", "2", "--json", str(out)]
+           "--rows", "2", "--steps", "2", "--warmup", "1", "--warmup-max", "2", "--ddp-bucket-mb", "1", "--ddp-split-graphs", "0",
+           "--json", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.join(ROOT, "src"))
     env.pop("NCCL_NVLS_ENABLE", None)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "DDP scaling on 2 processes" in r.stdout and "NCCL_NVLS_ENABLE=0" in r.stdout
+    assert "bucket 1 MiB, compiled graphs split at buckets: no" in r.stdout
     res = json.loads(out.read_text())["ddp"]
     assert res["scaling"] > 0 and res["env"]["NCCL_NVLS_ENABLE"] == "0"
     assert res["phases"]["ddp"]["tok_s_all"] > 0 and res["phases"]["single"]["steps"] == 2

@@ -166,6 +166,9 @@ def add_arguments(p) -> None:
                    help="time the attention backends for auto first: auto = on CUDA when this GPU has no "
                         "calibration table yet")
     p.add_argument("--ddp", action="store_true", help="under torchrun: one GPU alone, then DDP over all")
+    p.add_argument("--ddp-bucket-mb", type=int, default=25, help="with --ddp: DDP gradient bucket size in MiB")
+    p.add_argument("--ddp-split-graphs", type=int, default=1, choices=(0, 1),
+                   help="with --ddp: dynamo's DDPOptimizer splits compiled graphs at bucket boundaries (1) or not (0)")
     p.add_argument("--json", default=None, help="write results here (default: $OUT/bench_train.json if $OUT is set)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -210,7 +213,8 @@ class Bench:
                                loss_chunk=args.loss_chunk, peak_tflops=args.peak_tflops, out="/tmp/seqpack-bench",
                                pad_multiple=0 if args.compile != "none" else 8, compile_mode=args.compile_mode,
                                inductor=args.inductor, fused_rope_norm=bool(args.fused_rope_norm),
-                               fused_qkv=bool(args.fused_qkv), residual=args.residual)
+                               fused_qkv=bool(args.fused_qkv), residual=args.residual,
+                               ddp_bucket_mb=args.ddp_bucket_mb, ddp_split_graphs=bool(args.ddp_split_graphs))
         first = self.dists[0]
         self.trainer = Trainer(self.cfg.replace(max_num_docs=self.max_num_docs[first]), docs=self.docs[first],
                                vocab_size=vocab, plan=self.plans[first])
@@ -778,7 +782,8 @@ def run_ddp(args, log) -> dict:
     dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank()
     t_all = time.perf_counter()
-    log(f"DDP benchmark: {world} processes, backend {dist.get_backend()}; "
+    log(f"DDP benchmark: {world} processes, backend {dist.get_backend()}, bucket {args.ddp_bucket_mb} MiB, "
+        f"compiled graphs split at buckets: {'yes' if args.ddp_split_graphs else 'no'}; "
         + ", ".join(f"{k}={os.environ.get(k)}" for k in NO_MULTICAST_ENV))
     if os.environ.get("NCCL_NVLS_ENABLE", "0") != "0":
         log("WARNING: NCCL_NVLS_ENABLE is not 0 in this environment (NVLink multicast may be used)")

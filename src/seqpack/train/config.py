@@ -16,7 +16,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "parse_inductor_options", "compile_kwargs"]
+__all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "parse_inductor_options", "compile_kwargs",
+           "uses_cudagraphs"]
 
 
 @dataclass
@@ -67,6 +68,8 @@ class TrainConfig:
     compile_mode: str | None = None  # torch.compile mode (inductor), e.g. max-autotune-no-cudagraphs
     inductor: str | None = None      # inductor options "key=value,key=value" (torch._inductor.config names)
     dist: str = "auto"               # auto | none | ddp | fsdp
+    ddp_bucket_mb: int = 25          # DDP gradient bucket size (MiB); torch's default is 25
+    ddp_split_graphs: bool = True    # dynamo's DDPOptimizer: split compiled graphs at bucket boundaries
     threads: int | None = None       # CPU threads (torch.set_num_threads)
     # output
     out: str = "seqpack-out/train"
@@ -111,9 +114,13 @@ _HELP = {
                     "0 = power-of-two buckets (few shapes); default: 0 when compiled, 8 eager",
     "max_num_docs": "packed mode: fixed number of segments in cu_seqlens (static shapes)",
     "compile": "torch.compile(fullgraph=True, dynamic=False) of the whole model, of each block, or none",
-    "compile_mode": "torch.compile mode for inductor (default, max-autotune-no-cudagraphs, ...)",
+    "compile_mode": "torch.compile mode for inductor (default, reduce-overhead = CUDA graphs, "
+                    "max-autotune-no-cudagraphs, ...)",
     "inductor": "inductor options, comma-separated key=value (e.g. coordinate_descent_tuning=1)",
     "dist": "distributed: none, ddp or fsdp (FSDP2); auto = ddp under torchrun",
+    "ddp_bucket_mb": "DDP gradient bucket size in MiB (all-reduce granularity)",
+    "ddp_split_graphs": "DDP + torch.compile: split compiled graphs at gradient-bucket boundaries so all-reduce "
+                        "starts inside a block's backward (dynamo's optimize_ddp); false keeps each graph whole",
     "resume": "checkpoint file to resume from, or 'auto' for the latest in --out",
     "ckpt_every": "save a checkpoint every N steps (0: only at the end)",
     "peak_tflops": "peak TFLOP/s of one device for MFU (default: known GPUs, none on CPU)",
@@ -201,6 +208,13 @@ def parse_inductor_options(text: str | None) -> dict:
             raise ValueError(f"unknown inductor option {key!r} (see torch._inductor.config)")
         out[key] = _coerce(key, value, current[key])
     return out
+
+
+def uses_cudagraphs(cfg: TrainConfig) -> bool:
+    """Whether the compiled graphs are CUDA graphs (mode reduce-overhead / max-autotune, or
+    inductor option triton.cudagraphs=1): each training step must then tell inductor where it
+    begins (``torch.compiler.cudagraph_mark_step_begin``)."""
+    return bool(compile_kwargs(cfg).get("options", {}).get("triton.cudagraphs", False))
 
 
 def compile_kwargs(cfg: TrainConfig) -> dict:

@@ -15,6 +15,7 @@ A variant's name is its recipe, ``+``-joined tokens:
     pw               inductor max_autotune_pointwise=1
     agg              inductor aggressive_fusion=1
     mat              compile mode max-autotune-no-cudagraphs (also autotunes the GEMMs: slow)
+    cg               CUDA graphs (compile mode reduce-overhead; with mat: max-autotune)
     rope             model: RoPE + QK norm as one autograd function (fused_rope_norm)
     qkv              model: q, k, v from one matmul (fused_qkv)
     bf16res          model: residual stream in bf16 under autocast (numerics change)
@@ -60,8 +61,10 @@ def parse_variant(name: str) -> dict:
             out["compile"] = t
         elif t in _INDUCTOR_TOKENS:
             out["inductor"].append(_INDUCTOR_TOKENS[t])
-        elif t == "mat":
-            out["compile_mode"] = "max-autotune-no-cudagraphs"
+        elif t in ("mat", "cg"):
+            mat = t == "mat" or out["compile_mode"] in ("max-autotune-no-cudagraphs", "max-autotune")
+            cg = t == "cg" or out["compile_mode"] in ("reduce-overhead", "max-autotune")
+            out["compile_mode"] = ("max-autotune" if cg else "max-autotune-no-cudagraphs") if mat else "reduce-overhead"
         elif t in _MODEL_TOKENS:
             k, v = _MODEL_TOKENS[t]
             out["model"][k] = v
@@ -69,7 +72,7 @@ def parse_variant(name: str) -> dict:
             out["model"]["loss_chunk"] = int(t[2:])
         else:
             raise ValueError(f"unknown variant token {t!r} in {name!r}; tokens: blocks, model, "
-                             f"{', '.join(_INDUCTOR_TOKENS)}, mat, {', '.join(_MODEL_TOKENS)}, lcN")
+                             f"{', '.join(_INDUCTOR_TOKENS)}, mat, cg, {', '.join(_MODEL_TOKENS)}, lcN")
     out["inductor"] = ",".join(out["inductor"]) or None
     out["keeps_math"] = out["model"]["residual"] == "fp32"
     return out

@@ -28,7 +28,7 @@ import torch
 
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
-from seqpack.train.config import TrainConfig, compile_kwargs
+from seqpack.train.config import TrainConfig, compile_kwargs, uses_cudagraphs
 from seqpack.train.data import OnlineLoader, PackedLoader, StepBatch
 from seqpack.train.dist import all_reduce_sum, init_distributed
 from seqpack.train.metrics import peak_flops, step_flops
@@ -223,6 +223,11 @@ class Trainer:
         """Compile and/or shard the model; returns the callable used for forward passes."""
         model, kind = self.model, self._compile_kind()
         compile_kw = compile_kwargs(self.cfg)
+        self.cudagraphs = kind != "none" and uses_cudagraphs(self.cfg)
+        if self.cudagraphs and self.dist.enabled:
+            raise ValueError(f"compile_mode={self.cfg.compile_mode!r} / inductor={self.cfg.inductor!r} asks for "
+                             "CUDA graphs, which seqpack supports in single-process runs only (DDP/FSDP hooks "
+                             "run between graphs); use the default mode or max-autotune-no-cudagraphs")
         if kind != "none":
             raise_recompile_limit()
         if kind == "blocks":
@@ -240,8 +245,11 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            if kind != "none":
+                # process-wide dynamo setting, read when a graph compiles under DDP's forward
+                torch._dynamo.config.optimize_ddp = self.cfg.ddp_split_graphs
             ids = [self.device.index] if self.device.type == "cuda" else None
-            fwd = DDP(fwd, device_ids=ids)
+            fwd = DDP(fwd, device_ids=ids, bucket_cap_mb=self.cfg.ddp_bucket_mb)
         return fwd
 
     def recompile(self, **changes) -> None:
@@ -291,6 +299,8 @@ class Trainer:
         """
         dev = self.device
         cuda = dev.type == "cuda"
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten now
         inputs = []
         for mb in batch.micro:
             if cuda:
