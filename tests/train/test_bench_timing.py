@@ -130,6 +130,10 @@ def test_time_config_times_every_step(docs):
     assert r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"]
     assert sorted(r["step_times_ms"])[1] == pytest.approx(r["step_ms"], abs=1e-2)
     assert "compiled_in_timed_steps" not in r and r["loss_mean"] > 0
+    # the back-to-back pass times the same steps: its throughput follows from its step time
+    useful = r["tok_s_sustained"] * r["step_ms_sustained"] * r["steps"] / 1000
+    assert useful == pytest.approx(r["tok_s_mean"] * r["step_ms_mean"] * r["steps"] / 1000, rel=1e-6)
+    assert r["mfu_sustained"] is None and r["step_ms_sustained"] > 0  # no peak on the CPU
     # same weights, same timed steps: a second measurement trains identically
     again = bench.time_config("short", "packed")
     assert again["loss_mean"] == pytest.approx(r["loss_mean"], rel=1e-6)

@@ -143,8 +143,8 @@ def run(args) -> int:
           f"{100 * args.warmup_tol:.0f}%), weights reset, {args.steps} steps timed one by one; budget: no variant "
           f"starts after {args.budget_s:.0f} s, no 'model' variant after {args.model_start_s:.0f} s, none expected "
           f"to end past {args.hard_s:.0f} s", flush=True)
-    header = (f"{'variant':<26} {'step ms':>8} {'min-max':>13} {'useful tok/s':>12} {'MFU':>6} {'warm s':>7} "
-              f"{'vs 1st':>6} {'mean loss':>11}  profile (GPU kernel ms/step)")
+    header = (f"{'variant':<26} {'step ms':>8} {'min-max':>13} {'useful tok/s':>12} {'MFU':>6} {'sus.':>6} "
+              f"{'warm s':>7} {'vs 1st':>6} {'mean loss':>11}  profile (GPU kernel ms/step)")
     path = args.json or (os.path.join(os.environ["OUT"], "sweep_train.json") if os.environ.get("OUT") else None)
     results: list[dict] = []
     base = None
@@ -232,12 +232,14 @@ def run(args) -> int:
     best = max(done, key=lambda x: x["result"]["tok_s"])
     best_blocks, why_not = recommend(done, args.cd_compile_s)
     print(f"\nbest: {best['variant']['name']}: {best['result']['step_ms']:.1f} ms, "
-          f"{best['result']['tok_s']:,.0f} useful tok/s, MFU {_pct(best['result'].get('mfu'))}")
+          f"{best['result']['tok_s']:,.0f} useful tok/s, MFU {_pct(best['result'].get('mfu'))} "
+          f"(sustained {_pct(best['result'].get('mfu_sustained'))})")
     prof = best.get("profile")
     print(f"  profile split: {B.split_line(prof if isinstance(prof, dict) and 'categories_ms' in prof else None)}")
     if best_keep is not None and best_keep is not best:
         print(f"best that keeps the math: {best_keep['variant']['name']}: {best_keep['result']['tok_s']:,.0f} "
-              f"useful tok/s, MFU {_pct(best_keep['result'].get('mfu'))}")
+              f"useful tok/s, MFU {_pct(best_keep['result'].get('mfu'))} "
+              f"(sustained {_pct(best_keep['result'].get('mfu_sustained'))})")
     for line in why_not:
         print(line)
     if best_blocks is not None:
@@ -312,4 +314,5 @@ def _line(res: dict, base: dict | None) -> str:
         prof.get("error", "-") if isinstance(prof, dict) else "-")
     flag = "  COMPILED WHILE TIMED" if r.get("compiled_in_timed_steps") else ""
     return (f"{name:<26} {r['step_ms']:>8.1f} {r['step_ms_min']:>6.1f}-{r['step_ms_max']:<6.1f} {r['tok_s']:>12,.0f} "
-            f"{_pct(r.get('mfu')):>6} {r['warmup_s']:>7.1f} {vs:>6} {r['loss_mean']:>11.7f}  {split}{flag}")
+            f"{_pct(r.get('mfu')):>6} {_pct(r.get('mfu_sustained')):>6} {r['warmup_s']:>7.1f} {vs:>6} "
+            f"{r['loss_mean']:>11.7f}  {split}{flag}")
