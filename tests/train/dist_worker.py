@@ -12,14 +12,17 @@ from seqpack.train.config import TrainConfig
 from seqpack.train.data import compact_vocab
 from seqpack.train.trainer import Trainer
 
-RUNS = [("ddp", "packed"), ("fsdp", "packed"), ("ddp", "padded")]
+RUNS = [("ddp", "packed"), ("fsdp", "packed"), ("ddp", "padded"), ("ddp-compiled", "packed")]
 ONLINE = ("ddp", "packed")  # also run with the online (rank-balanced) packer
 
 
 def config(out, dist_kind, mode, loader="offline"):
+    # ddp-compiled: each block compiled under DDP (aot_eager: dynamo + autograd graphs, no
+    # codegen), with seqpack's default of unsplit graphs (dynamo's optimize_ddp off)
+    compiled = dict(compile="blocks", compile_backend="aot_eager") if dist_kind.endswith("-compiled") else {}
     return TrainConfig(preset="tiny", capacity=256, rows_per_step=4, steps=3, log_every=1, progress=False,
-                       threads=1, warmup_steps=2, mode=mode, dist=dist_kind, out=str(out), save=False,
-                       loader=loader)
+                       threads=1, warmup_steps=2, mode=mode, dist=dist_kind.split("-")[0], out=str(out), save=False,
+                       loader=loader, **compiled)
 
 
 def main(out: Path) -> None:

@@ -178,14 +178,14 @@ def test_ddp_benchmark_on_two_gloo_processes(tmp_path):
     out = tmp_path / "ddp.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            os.path.join(ROOT, "benchmarks", "gpu_train.py"), "--ddp", "--tiny", "--device", "cpu", "--capacity", "128",
-           "--rows", "2", "--steps", "2", "--warmup", "1", "--warmup-max", "2", "--ddp-bucket-mb", "1", "--ddp-split-graphs", "0",
+           "--rows", "2", "--steps", "2", "--warmup", "1", "--warmup-max", "2", "--ddp-bucket-mb", "1", "--ddp-split-graphs", "1",
            "--json", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.join(ROOT, "src"))
     env.pop("NCCL_NVLS_ENABLE", None)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "DDP scaling on 2 processes" in r.stdout and "NCCL_NVLS_ENABLE=0" in r.stdout
-    assert "bucket 1 MiB, compiled graphs split at buckets: no" in r.stdout
+    assert "bucket 1 MiB, compiled graphs split at buckets: yes" in r.stdout
     res = json.loads(out.read_text())["ddp"]
     assert res["scaling"] > 0 and res["env"]["NCCL_NVLS_ENABLE"] == "0"
     assert res["phases"]["ddp"]["tok_s_all"] > 0 and res["phases"]["single"]["steps"] == 2

@@ -171,8 +171,9 @@ def add_arguments(p) -> None:
                         "calibration table yet")
     p.add_argument("--ddp", action="store_true", help="under torchrun: one GPU alone, then DDP over all")
     p.add_argument("--ddp-bucket-mb", type=int, default=25, help="with --ddp: DDP gradient bucket size in MiB")
-    p.add_argument("--ddp-split-graphs", type=int, default=1, choices=(0, 1),
-                   help="with --ddp: dynamo's DDPOptimizer splits compiled graphs at bucket boundaries (1) or not (0)")
+    p.add_argument("--ddp-split-graphs", type=int, default=0, choices=(0, 1),
+                   help="with --ddp: dynamo's DDPOptimizer splits compiled graphs at bucket boundaries (1, torch's "
+                        "default) or not (0, seqpack's default: faster, docs/bench/train.md)")
     p.add_argument("--json", default=None, help="write results here (default: $OUT/bench_train.json if $OUT is set)")
     p.add_argument("--seed", type=int, default=0)
 
