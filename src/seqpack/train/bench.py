@@ -841,8 +841,8 @@ def run_ddp(args, log) -> dict:
 
 
 def _environment(device: str) -> dict:
-    """Versions and commit for the record. The commit comes from git, else $SEQPACK_COMMIT
-    (a copy of the tree without .git, e.g. on a lent GPU machine)."""
+    """Versions and commit for the record. The commit is $SEQPACK_COMMIT when set (a copy of
+    the tree on a lent GPU machine, whose .git may be stale or missing), else git's HEAD."""
     from importlib import metadata
 
     env = dict(torch=torch.__version__, device=device)
@@ -862,15 +862,14 @@ def _environment(device: str) -> dict:
             pass
         except Exception:
             pass
+    env["commit"] = os.environ.get("SEQPACK_COMMIT", "")
     try:
         import subprocess
 
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        env["commit"] = env["commit"] or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                        cwd=Path(__file__).parent).stdout.strip()
     except Exception:
         pass
-    if not env.get("commit"):
-        env["commit"] = os.environ.get("SEQPACK_COMMIT", "")
     return env
 
 
