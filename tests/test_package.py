@@ -25,6 +25,23 @@ def test_cli_help_lists_commands(capsys):
         assert name in text
 
 
+def test_every_cli_module_has_its_entry_points():
+    import importlib
+
+    for module, _ in list(cli.COMMANDS.values()) + list(cli.BENCHES.values()):
+        mod = importlib.import_module(module)
+        assert callable(mod.add_arguments) and callable(mod.run), module
+
+
+def test_bench_plan_runs(capsys):
+    args = ["bench", "plan", "--docs", "5000", "--trl-docs", "", "--repeats", "1", "--no-compile-times"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out.splitlines() if line.startswith("|  ")}
+    assert set(rows) >= {"bfd", "ffd", "nextfit", "wrapped"}
+    assert float(rows["bfd"][4]) > 99.0 and int(rows["bfd"][2].replace(",", "")) == 5000  # fill %, docs
+
+
 def test_padded_fill_counts_padding_to_longest_in_batch():
     rows, fill = padded_fill(np.array([1, 3, 2, 2, 5]), batch_size=2)
     # batches [1,3] -> 2x3, [2,2] -> 2x2, [5] -> 1x5: 13 tokens in 6 + 4 + 5 slots
