@@ -169,11 +169,7 @@ def run(args) -> int:
             save()
             continue
         try:
-            # CPU (smoke test): eager, inductor's C++ codegen would take minutes per variant
-            kind = v["compile"] if tr.device.type == "cuda" else "none"
-            tr.model.configure(**v["model"])
-            tr.recompile(compile=kind, compile_mode=v["compile_mode"], inductor=v["inductor"])
-            bench.set_backend(backend)
+            _apply_variant(bench, v, backend)
             t0 = time.perf_counter()
             r = bench.time_config(dist, "packed")
             r["wall_s"] = time.perf_counter() - t0
@@ -210,10 +206,7 @@ def run(args) -> int:
             print(f"{v['name'] + ' on ' + d:<26} skipped: {el:.0f} s spent, would need ~{est:.0f} s (budget)")
             continue
         try:
-            kind = v["compile"] if tr.device.type == "cuda" else "none"
-            tr.model.configure(**v["model"])
-            tr.recompile(compile=kind, compile_mode=v["compile_mode"], inductor=v["inductor"])
-            bench.set_backend(backend)
+            _apply_variant(bench, v, backend)
             r = bench.time_config(d, "packed")
             res = dict(variant=dict(v, name=f"{v['name']} on {d}"), dist=d, result=r, profile=None)
         except Exception as e:
@@ -297,6 +290,16 @@ def recommend(done: list[dict], cd_compile_s: float):
                 continue
         ok.append(x)
     return (max(ok, key=lambda x: x["result"]["tok_s"]) if ok else None), why
+
+
+def _apply_variant(bench, v: dict, backend: str) -> None:
+    """Configure the model and recompile for a variant. On a CPU (the smoke test) eager:
+    inductor's C++ codegen would take minutes per variant."""
+    tr = bench.trainer
+    kind = v["compile"] if tr.device.type == "cuda" else "none"
+    tr.model.configure(**v["model"])
+    tr.recompile(compile=kind, compile_mode=v["compile_mode"], inductor=v["inductor"])
+    bench.set_backend(backend)
 
 
 def _pct(x) -> str:
