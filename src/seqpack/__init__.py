@@ -37,7 +37,7 @@ _LAZY = {
     "configure_packing": "seqpack.integrations.hf",
 }
 
-_SUBMODULES = {"hf": "seqpack.integrations.hf"}
+_SUBMODULES = {"hf": "seqpack.hf"}
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

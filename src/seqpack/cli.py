@@ -36,16 +36,19 @@ def _add(sub, name, module, help_):
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqpack", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"seqpack {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show a traceback for errors about bad input")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     # Only the chosen command's module is imported to add its arguments.
-    chosen = argv[0] if argv else None
+    words = [a for a in argv if not a.startswith("-")]
+    chosen = words[0] if words else None
     for name, (module, help_) in COMMANDS.items():
         p = _add(sub, name, module, help_)
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
     bench = sub.add_parser("bench", help="benchmarks", description="benchmarks")
     bsub = bench.add_subparsers(dest="bench", metavar="WHAT", required=True)
-    chosen_bench = argv[1] if chosen == "bench" and len(argv) > 1 else None
+    chosen_bench = words[1] if chosen == "bench" and len(words) > 1 else None
     for name, (module, help_) in BENCHES.items():
         p = _add(bsub, name, module, help_)
         if name == chosen_bench:
@@ -65,7 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    from seqpack.errors import InputError
+
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (InputError, OSError) as e:
+        # Bad input (or a path we cannot write): one line naming the value and the fix.
+        if args.debug:
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"seqpack {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
