@@ -94,3 +94,15 @@ def test_context_parallel_matches_one_process(tmp_path, world):
     refused = res["refusals"]
     assert "cannot be split evenly over context parallel size" in refused["heads_not_divisible"]
     assert f"context parallel size {world} is larger than the" in refused["cp_above_heads"]
+
+
+def test_gpu_cp_benchmark_runs_on_cpu():
+    """benchmarks/gpu_cp.py --tiny --device cpu: the table the H100 run prints, every row there."""
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "gpu_cp.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_PORT="29731")
+    r = subprocess.run([sys.executable, script, "--tiny", "--device", "cpu"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for row in ("no CP layer", "cp=1 ", "cp=2 (one rank, simulated)", "cp=4 (one rank, simulated)",
+                "cp=1 vs no CP layer"):
+        assert row in r.stdout, r.stdout
