@@ -92,14 +92,25 @@ def _shift_to_next_token(labels: torch.Tensor) -> torch.Tensor:
 def init_mesh(cp: int, *, device_type: str | None = None):
     """A ``(dp, cp)`` DeviceMesh over every rank (``dp = world / cp``); dims named "dp", "cp".
 
-    Joins the default process group first if needed (torchrun's environment).
+    Joins the default process group first if needed: torchrun's (NCCL on CUDA, gloo on CPU),
+    or outside torchrun a one-process group, so the same script runs alone with ``cp=1``.
     """
+    import os
+
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    world = dist.get_world_size() if dist.is_initialized() else int(__import__("os").environ.get("WORLD_SIZE", "1"))
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        if "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    world = dist.get_world_size()
     if cp < 1 or world % cp:
         raise InputError(f"context parallel size {cp} does not divide the {world} ranks: pick a cp that divides "
                          f"the number of processes (the rest is data parallel)")

@@ -117,6 +117,17 @@ def hf_case(cp: ContextParallel, family: str, **overrides) -> dict:
             "grads": max(rel(p.grad, ref_grads[k]) for k, p in model.named_parameters())}
 
 
+def run_recipe() -> dict:
+    """The Hugging Face recipe of docs/train.md, with cp = 2 (world 4: dp = 2 x cp = 2)."""
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "train.md")).read()
+    start = doc.index("```python", doc.index("### Hugging Face models")) + len("```python\n")
+    code = doc[start:doc.index("```", start)]
+    os.environ["CP"] = "2"
+    scope = {"__name__": "recipe"}
+    exec(compile(code, "docs/train.md (Hugging Face recipe)", "exec"), scope)
+    return {"loss_is_finite": 0.0 if bool(torch.isfinite(scope["loss"])) else 1.0}
+
+
 def refusal(cp: ContextParallel, **overrides) -> str:
     model = GPT(gpt_config("tiny", vocab_size=VOCAB, **overrides))
     ids, labels, b = gpt_batch()
@@ -142,6 +153,7 @@ def main(out: str) -> None:
         "gpt_compiled": lambda: gpt_case(cp, compiled=True, n_head=4, n_kv_head=2, window=5, window_pattern="SG"),
         "hf_llama_gqa": lambda: hf_case(cp, "llama", num_key_value_heads=1),
         "hf_qwen3_window": lambda: hf_case(cp, "qwen3"),
+        "hf_recipe": run_recipe,
     }
     if world == 2:  # 3 kv heads over 2 ranks: neither divides the other
         cases["gpt_gqa_6_3"] = lambda: gpt_case(cp, n_head=6, n_kv_head=3, n_embd=48)
