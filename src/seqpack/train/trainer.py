@@ -9,6 +9,9 @@ Notable:
   model (``fullgraph=True, dynamic=False``) sees the same graph every step.
 - Logs sync with the device only every ``log_every`` steps; useful tokens/s and MFU are
   measured over those windows, after the first step (compilation, warm-up) is done.
+- Context parallelism (``cp > 1``, `seqpack.parallel`): the ranks form a (dp, cp) mesh, the
+  loader splits the data by dp, each rank of a cp group keeps its piece of every micro-batch
+  and attention runs over the whole one; the loss and its divisor above are unchanged.
 - Checkpoints hold the model, optimizer, loader ``(epoch, step)``, step counter and loss
   history: a resumed run computes bit for bit the same losses as an uninterrupted one
   (on CPU; on GPU up to non-deterministic kernels).
@@ -29,7 +32,7 @@ import torch
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
 from seqpack.train.config import TrainConfig, compile_kwargs, uses_cudagraphs
-from seqpack.train.data import OnlineLoader, PackedLoader, StepBatch
+from seqpack.train.data import MicroBatch, OnlineLoader, PackedLoader, StepBatch
 from seqpack.train.dist import all_reduce_sum, init_distributed
 from seqpack.train.metrics import peak_flops, step_flops
 
@@ -183,10 +186,11 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = GPT(self.model_config).to(self.device)
         self.num_params = self.model.num_params()
+        self.cp, dp_rank, dp = self._context_parallel()  # cp None: no context parallelism
         layout = cfg.layout if cfg.layout != "auto" else ("1d" if self.device.type == "cuda" else "rows")
         common = dict(capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode, layout=layout,
                       rows_per_micro=cfg.rows_per_micro, pad_batch=cfg.pad_batch, pad_multiple=self._pad_multiple(),
-                      max_num_docs=cfg.max_num_docs, seed=cfg.seed, rank=self.dist.rank, world=self.dist.world)
+                      max_num_docs=cfg.max_num_docs, seed=cfg.seed, rank=dp_rank, world=dp)
         if cfg.loader == "online":
             self.loader = OnlineLoader(docs, **common)
         else:
@@ -203,6 +207,24 @@ class Trainer:
             self.load(self._resolve_resume(cfg.resume))
 
     # ------------------------------------------------------------------ set-up
+
+    def _context_parallel(self):
+        """``(ContextParallel or None, data-parallel rank, data-parallel size)`` for ``cfg.cp``:
+        a (dp, cp) mesh over the ranks; the data is split by dp only."""
+        cp = self.cfg.cp
+        if cp == 1:
+            return None, self.dist.rank, self.dist.world
+        from seqpack.errors import InputError
+        from seqpack.parallel import ContextParallel, init_mesh
+
+        if not self.dist.enabled:
+            raise InputError(f"--cp {cp} splits each micro-batch over {cp} processes: run under torchrun with a "
+                             f"multiple of {cp} processes (torchrun --nproc_per_node {cp} -m seqpack.cli train ... "
+                             f"--cp {cp}) and --dist ddp or fsdp")
+        self.mesh = init_mesh(cp, device_type=self.device.type)
+        ctx = ContextParallel(self.mesh)
+        ctx.check_heads(self.model_config.n_head, self.model_config.n_kv_head)
+        return ctx, self.mesh.get_local_rank("dp"), self.mesh.size(0)
 
     def _pad_multiple(self) -> int:
         """Padded rows: power-of-two lengths when compiled (each shape compiles once), else
@@ -237,9 +259,11 @@ class Trainer:
         if self.dist.enabled and self.dist.kind == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
+            # under cp, over the flattened dp x cp mesh (every rank holds a shard), as torchtitan does
+            kw = {} if self.cp is None else {"mesh": self.mesh["dp", "cp"]._flatten("dp_cp")}
             for block in model.blocks:
-                fully_shard(block)
-            fully_shard(model)
+                fully_shard(block, **kw)
+            fully_shard(model, **kw)
             return model
         fwd = torch.compile(model, **compile_kw) if kind == "model" else model
         if self.dist.enabled:
@@ -303,9 +327,14 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten now
         inputs = []
         for mb in batch.micro:
+            if self.cp is not None:  # this rank's piece of the micro-batch; the boundaries stay whole
+                s = self.cp.shard(mb.input_ids, mb.labels, mb.position_ids, mb.boundaries)
+                mb = MicroBatch(s.input_ids, s.labels, s.boundaries, s.position_ids)
             if cuda:
                 mb = mb.pin_memory()
             ctx = prepare_context(mb.boundaries, self.model_config, dev)  # once for all layers
+            if self.cp is not None:
+                ctx = self.cp.context(ctx)
             mv = lambda t: None if t is None else t.to(dev, non_blocking=True)  # noqa: E731
             inputs.append((mv(mb.input_ids), mv(mb.labels), ctx, mv(mb.position_ids)))
         count = sum((labels != -100).sum() for _, labels, _, _ in inputs).to(torch.float32)
@@ -377,6 +406,7 @@ class Trainer:
                     keys = ("useful", "slots", "docs", "rows", "flops")
                     t = torch.tensor([float(w[k]) for k in keys], dtype=torch.float64, device=self.device)
                     all_reduce_sum(t, self.dist)
+                    t /= self.cfg.cp  # the ranks of a cp group count the same micro-batches
                     w.update(zip(keys, t.tolist()))
                 self.history.extend(float(x) for x in torch.stack(pending).tolist())
                 pending = []
@@ -429,7 +459,7 @@ class Trainer:
             model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
         return {"model": model_sd, "optimizer": optim_sd, "loader": self.loader.state_dict(), "step": self.step,
                 "history": self.history, "wall": self.wall, "config": asdict(self.cfg),
-                "model_config": self.model_config.to_dict(), "world": self.dist.world}
+                "model_config": self.model_config.to_dict(), "world": self.dist.world, "cp": self.cfg.cp}
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Write a checkpoint (rank 0) to ``path`` or ``out/ckpt/step_XXXXXX.pt``."""
@@ -458,6 +488,9 @@ class Trainer:
         if state["world"] != self.dist.world:
             raise ValueError(f"checkpoint {path} was written by {state['world']} ranks; this run has "
                              f"{self.dist.world}: the data slices would differ")
+        if state.get("cp", 1) != self.cfg.cp:
+            raise ValueError(f"checkpoint {path} was written with --cp {state.get('cp', 1)}; this run has --cp "
+                             f"{self.cfg.cp}: the data slices would differ")
         if self.dist.enabled and self.dist.kind == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
