@@ -310,7 +310,8 @@ def ulysses_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: CP
     send = torch.cat([_to_heads(q, cp), _to_heads(k, cp), _to_heads(v, cp)], dim=2).contiguous()
     recv = all_to_all_single_autograd(send, None, None, ctx.cp.group)  # chunk j: rank j's tokens, my heads
     recv = recv.reshape(cp * n, hq + 2 * hkv, D)
-    qh, kh, vh = recv.split([hq, hkv, hkv], dim=1)
+    # contiguous, as the model's own q, k, v are (kernels may assume it)
+    qh, kh, vh = (x.contiguous() for x in recv.split([hq, hkv, hkv], dim=1))
     out = varlen_attention(qh, kh, vh, ctx.attention, causal=causal, window=window, scale=scale, backend=backend)
     back = all_to_all_single_autograd(out.reshape(cp, n, hq, D).contiguous(), None, None, ctx.cp.group)
     out = back.transpose(0, 1).reshape(n, H, D)  # (T/cp, cp, hq, D): my tokens, every rank's heads

@@ -5,6 +5,7 @@ relative differences (and the refusals seen) to a JSON file."""
 import json
 import os
 import sys
+import time
 import traceback
 
 import torch
@@ -157,16 +158,19 @@ def main(out: str) -> None:
     }
     if world == 2:  # 3 kv heads over 2 ranks: neither divides the other
         cases["gpt_gqa_6_3"] = lambda: gpt_case(cp, n_head=6, n_kv_head=3, n_embd=48)
+    seconds = {}
     for name, fn in cases.items():
+        t0 = time.perf_counter()
         try:
             results[name] = fn()
+            seconds[name] = round(time.perf_counter() - t0, 2)
         except Exception:  # noqa: BLE001 - reported to the test
             errors[name] = traceback.format_exc()
     refusals = {"heads_not_divisible": refusal(cp, n_head=3 if world == 2 else 6, n_embd=48),
                 "cp_above_heads": refusal(cp, n_head=1 if world == 2 else 2, n_embd=32)}
     if dist.get_rank() == 0:
         with open(out, "w") as f:
-            json.dump({"world": world, "results": results, "errors": errors, "refusals": refusals}, f, indent=1)
+            json.dump({"world": world, "seconds": seconds, "results": results, "errors": errors, "refusals": refusals}, f, indent=1)
     dist.destroy_process_group()
 
 

@@ -15,8 +15,8 @@ Notable:
   average over it): ``packed_cross_entropy(logits, labels, reduction="sum", shifted=True)``,
   then `seqpack.parallel.token_mean_loss` and `seqpack.parallel.all_reduce_grads` (or DDP /
   FSDP over all ranks with the loss times the world size).
-- Do not call `seqpack.hf.enable_packing` on a model trained this way: the shard's kwargs
-  already carry the documents, and its hook would read the piece's positions as a batch.
+- `seqpack.hf.enable_packing` is not needed: the kwargs carry the documents (the
+  ``seqpack_context``), which the ``"seqpack"`` attention function reads before anything else.
 """
 
 from __future__ import annotations
