@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from data_util import sft_lengths, token_docs, write_parquet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from seqpack.batch import Documents
@@ -278,3 +280,96 @@ def test_resume_works_for_every_source_type(tmp_path, docs, kind):
     again = PackedIterableDataset(make(), **kw)  # a new object, as in a new process
     again.load_state_dict(saved)
     assert head + batches(iter(again), 4) == full
+
+
+# ---------------------------------------------------------------------------------------
+# property test: random documents, every option; accounting, capacity, reruns, resume
+
+
+def _run(make, n=None, state=None):
+    """(batches as comparable tuples, counters) of rank 0 and 1 of a fresh dataset."""
+    out, counters = [], None
+    for ds in make():
+        if state is not None:
+            ds.load_state_dict(state[ds.rank])
+        it = iter(ds)
+        got = [b for _, b in zip(range(n if n is not None else 1 << 30), it)]
+        out.append(got)
+        counters = dict(it.counters)
+    return out, counters
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(lengths=st.lists(st.integers(0, 90), min_size=0, max_size=24),
+       capacity=st.integers(4, 48), batch_size=st.integers(1, 3), layout=st.sampled_from(["rows", "1d"]),
+       overflow=st.sampled_from(["split", "truncate", "drop", "error"]), buffer_size=st.integers(1, 12),
+       world=st.sampled_from([1, 2]), streamed=st.booleans(), with_labels=st.booleans(),
+       shift=st.sampled_from(["model", "collator"]), seqlen_cut=st.integers(0, 3), cut=st.integers(0, 12),
+       budget=st.sampled_from([None, 64]))
+def test_fuzz_online_packer(lengths, capacity, batch_size, layout, overflow, buffer_size, world, streamed,
+                            with_labels, shift, seqlen_cut, cut, budget):
+    rng = np.random.default_rng(len(lengths) * 1000 + capacity)
+    toks = [rng.integers(0, 2**40, n).astype(np.int64) for n in lengths]  # ids beyond int32 stay intact
+    labs = [np.where(rng.random(n) < 0.3, -100, t) for n, t in zip(lengths, toks)]
+    max_seqlen = max(1, capacity - seqlen_cut) if layout == "1d" else None
+    limit = min(capacity, max_seqlen or capacity)
+    budget = None if budget is None else budget + (batch_size if layout == "rows" else -(-batch_size * capacity // limit))
+
+    def source():
+        if streamed:
+            return [{"input_ids": t.tolist(), **({"labels": y.tolist()} if with_labels else {})}
+                    for t, y in zip(toks, labs)] or [{"input_ids": []}]
+        return Documents.from_lists(toks or [[]], labs or [[]] if with_labels else None)
+
+    def make():
+        return [PackedIterableDataset(source(), capacity=capacity, batch_size=batch_size, layout=layout,
+                                      overflow=overflow, buffer_size=buffer_size, max_seqlen=max_seqlen,
+                                      max_num_docs=budget, label_shift=shift, rank=r, world_size=world,
+                                      shuffle=not streamed, seed=3)
+                for r in range(world)]
+
+    if overflow == "error" and any(n > limit for n in lengths):
+        with pytest.raises(InputError, match=rf"has \d+ tokens but rows hold {limit}: pass overflow="):
+            _run(make)
+        return
+    runs, counters = _run(make)
+    again, _ = _run(make)
+    assert [[(b.step, b.input_ids.tolist(), b.labels.tolist()) for b in r] for r in runs] == \
+        [[(b.step, b.input_ids.tolist(), b.labels.tolist()) for b in r] for r in again]  # reruns identical
+    assert len({len(r) for r in runs}) == 1  # every rank the same number of batches
+
+    out = 0
+    for rank_batches in runs:
+        for b in rank_batches:
+            seg = (b.doc_stop - b.doc_start)
+            out += int(seg.sum())
+            assert (seg >= 1).all() and (seg <= limit).all()
+            bounds = b.boundaries
+            assert int(bounds.num_tokens()) == int(seg.sum())
+            if layout == "rows":  # every row within capacity
+                assert b.input_ids.shape == (batch_size, capacity)
+            else:
+                assert b.input_ids.shape == (batch_size * capacity,)
+            real = ~bounds.is_pad
+            starts = bounds.cu_seqlens[:-1][real].tolist()
+            ids = b.input_ids.flatten()
+            for s0, d, a, e in zip(starts, b.doc_index.tolist(), b.doc_start.tolist(), b.doc_stop.tolist()):
+                assert ids[s0:s0 + e - a].tolist() == toks[d][a:e].tolist()
+            if budget is not None:
+                assert bounds.cu_seqlens.numel() == budget + 1
+    total = sum(lengths)
+    assert out + counters["dropped_tokens"] == total  # tokens in = tokens out + counted as dropped
+    assert counters["empty_docs"] == sum(n == 0 for n in lengths) + (0 if lengths else 1)
+
+    # resume at a point: the rest equals the uninterrupted stream
+    steps = len(runs[0])
+    k = min(cut, steps)
+    heads, states = [], []
+    for ds in make():
+        it = iter(ds)
+        heads.append([b for _, b in zip(range(k), it)])
+        states.append(json.loads(state_to_json(ds.state_dict())))
+    tails, _ = _run(make, state=states)
+    for r in range(world):
+        assert [b.input_ids.tolist() for b in heads[r] + tails[r]] == [b.input_ids.tolist() for b in runs[r]]
+        assert [b.labels.tolist() for b in heads[r] + tails[r]] == [b.labels.tolist() for b in runs[r]]
