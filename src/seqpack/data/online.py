@@ -21,8 +21,9 @@ tokens when the source cannot be indexed), the step and the counters; ``load_sta
 refuses a state saved for another source or other options and says which. With a plain
 DataLoader and worker processes, build with ``attach_state=True``: every batch then carries
 its worker's state (``batch.state``), and `LoaderState` keeps the last consumed one, which
-resumes every worker in the uninterrupted order (all workers build every step). torchdata's ``StatefulDataLoader`` needs nothing more: it
-calls ``state_dict``/``load_state_dict`` inside each worker.
+resumes every worker in the uninterrupted order (all workers build every step). torchdata's
+``StatefulDataLoader`` needs nothing more: it calls ``state_dict``/``load_state_dict``
+inside each worker.
 
 Order: map-style sources (`Documents`, lists) are shuffled per epoch with
 ``np.random.default_rng([seed, epoch])`` (``set_epoch``); streams are read in order.
@@ -256,10 +257,14 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
         if self.max_wait < 0:
             raise InputError(f"PackedIterableDataset: max_wait must be >= 0 (steps), got {max_wait!r}")
         max_num_docs = None if max_num_docs is None else _positive_int(max_num_docs, "max_num_docs")
-        if not isinstance(balance, (int, float)) or not 0 <= balance < float("inf"):
+        if isinstance(balance, bool) or not isinstance(balance, (int, float, np.floating, np.integer)) \
+                or not 0 <= balance < float("inf"):
             raise InputError(f"PackedIterableDataset: balance must be a finite number >= 0, got {balance!r}")
         self.layout, self.overflow, self.seed, self.shuffle = layout, overflow, _int(seed, "seed"), shuffle
-        self.label_shift, self.pad_token_id, self.attach_state = label_shift, _int(pad_token_id, "pad_token_id"), attach_state
+        if self.seed < 0:
+            raise InputError(f"PackedIterableDataset: seed must be >= 0, got {seed!r}")
+        self.label_shift, self.attach_state = label_shift, attach_state
+        self.pad_token_id = _int(pad_token_id, "pad_token_id")
         self.max_piece = min(self.capacity, self.max_seqlen)
         self.rank, self.world_size = rank_and_world_size(rank, world_size)
         self.max_num_docs = max_num_docs

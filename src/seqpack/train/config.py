@@ -271,7 +271,7 @@ def parse_inductor_options(text: str | None) -> dict:
             raise InputError(f"--inductor options are key=value; got {item!r}")
         key, value = (x.strip() for x in item.split("=", 1))
         if key not in current:
-            raise InputError(f"unknown --inductor option {key!r} (see torch._inductor.config)")
+            raise InputError(f"unknown inductor option {key!r} in --inductor (see torch._inductor.config)")
         out[key] = _coerce(key, value, current[key])
     return out
 
