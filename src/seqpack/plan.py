@@ -70,6 +70,9 @@ class PackPlan:
     truncated_docs: int = 0
     split_docs: int = 0
     empty_docs: int = 0
+    # the lengths the plan was made for (read-only, (num_docs,) int64), so that a collator
+    # can refuse documents that are not the ones planned; None for hand-built plans
+    doc_lengths: np.ndarray | None = None
 
     @property
     def num_pieces(self) -> int:
@@ -116,7 +119,8 @@ class PackPlan:
         take = first[new_bin] + (np.arange(offsets[-1], dtype=np.int64) - offsets[new_bin])
         start, stop = self.start[take], self.stop[take]
         return _make_plan(self.doc[take], start, stop, new_bin, offsets, self.capacity,
-                          self.num_docs, self.strategy, int((stop - start).sum()))
+                          self.num_docs, self.strategy, int((stop - start).sum()),
+                          doc_lengths=self.doc_lengths)
 
     def summary(self) -> str:
         """A few readable lines: what went in, what came out, how full the bins are."""
@@ -142,12 +146,16 @@ class PackPlan:
 
 
 def _make_plan(doc, start, stop, bin_, bin_offsets, capacity, num_docs, strategy,
-               placed_tokens, **counters) -> PackPlan:
-    for a in (doc, start, stop, bin_, bin_offsets):
-        a.flags.writeable = False  # the plan is frozen; so are its arrays
+               placed_tokens, doc_lengths=None, **counters) -> PackPlan:
+    if doc_lengths is not None and doc_lengths.flags.writeable:
+        doc_lengths = doc_lengths.copy()  # never freeze (or keep a view of) the caller's array
+    for a in (doc, start, stop, bin_, bin_offsets, doc_lengths):
+        if a is not None:
+            a.flags.writeable = False  # the plan is frozen; so are its arrays
     return PackPlan(doc=doc, start=start, stop=stop, bin=bin_, bin_offsets=bin_offsets,
                     num_bins=len(bin_offsets) - 1, capacity=capacity, num_docs=num_docs,
-                    strategy=strategy, placed_tokens=int(placed_tokens), **counters)
+                    strategy=strategy, placed_tokens=int(placed_tokens), doc_lengths=doc_lengths,
+                    **counters)
 
 
 # ----------------------------------------------------------------------------------------
@@ -282,7 +290,7 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         offsets = _offsets(np.bincount(bin_, minlength=nbins))
         split_docs = int(np.count_nonzero(np.bincount(doc, minlength=n) > 1)) if n else 0
         return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, total,
-                          split_docs=split_docs, empty_docs=empty_docs)
+                          split_docs=split_docs, empty_docs=empty_docs, doc_lengths=lengths)
 
     # overflow: count what happens to documents longer than capacity
     long_docs = np.flatnonzero(lengths > capacity)
@@ -316,7 +324,7 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         # data order is already bin order
         offsets = _offsets(np.bincount(bin_, minlength=nbins))
         return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed,
-                          **counters)
+                          doc_lengths=lengths, **counters)
 
     # bfd / ffd: pieces sorted longest first (a counting sort: lengths are <= capacity)
     max_len = capacity if len(long_docs) else (int(lengths.max()) if n else 0)
@@ -366,7 +374,8 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
     start = np.zeros(num_pieces, np.int64)  # the kernel writes only the non-zero starts
     K.scatter_by_bin(sdoc, sstart, slen, sorted_bin, pos, doc, start, stop)
     bin_ = np.repeat(np.arange(nbins, dtype=np.int64), counts)
-    return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed, **counters)
+    return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed,
+                      doc_lengths=lengths, **counters)
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:

@@ -130,6 +130,16 @@ class _RowReader:
         self.mode = None  # "tokens" | "text" | "messages"
         self.labels_column = None
         self._encoder = None
+        # the options as given, before the first rows resolve the column and mode
+        self.requested = (column, tokenizer, mask_prompt, add_eos)
+
+    def options(self) -> str:
+        """The options as the caller gave them, for resume checks: unlike `describe`, the
+        same before and after reading (the data is identified separately)."""
+        column, tok, mask, eos = self.requested
+        if tok is not None and not isinstance(tok, (str, os.PathLike)):
+            tok = getattr(tok, "name", type(tok).__name__)
+        return f"column={column} tokenizer={tok} mask_prompt={mask} add_eos={eos}"
 
     @property
     def encoder(self):
@@ -397,7 +407,7 @@ class IterableSource(Source):
 
     def fingerprint(self) -> str:
         n = len(self.items) if hasattr(self.items, "__len__") else "?"
-        return f"{self.name}:{n}:{self.reader.column}:{self.reader.mask_prompt}"
+        return f"{self.name}:{n}:{self.reader.options()}"
 
 
 def _parquet_where(path: str, row: int) -> str:
@@ -488,7 +498,7 @@ class ParquetSource(Source):
     def fingerprint(self) -> str:
         self._peek()
         parts = [f"{os.path.abspath(p)}:{os.path.getsize(p)}" for p in self.paths]
-        return "parquet:" + "|".join(parts) + ":" + self.reader.describe()
+        return "parquet:" + "|".join(parts) + ":" + self.reader.options()
 
 
 class JsonlSource(Source):
@@ -545,7 +555,7 @@ class JsonlSource(Source):
 
     def fingerprint(self) -> str:
         parts = [f"{os.path.abspath(p)}:{os.path.getsize(p)}" for p in self.paths]
-        return "jsonl:" + "|".join(parts) + ":" + self.reader.describe()
+        return "jsonl:" + "|".join(parts) + ":" + self.reader.options()
 
 
 class HFSource(Source):
@@ -596,7 +606,7 @@ class HFSource(Source):
     def fingerprint(self) -> str:
         fp = getattr(self.ds, "_fingerprint", None)
         n = len(self.ds) if not self.streaming else "?"
-        return f"{self.name}:{fp}:{n}:{self.reader.column}:{self.reader.mask_prompt}"
+        return f"{self.name}:{fp}:{n}:{self.reader.options()}"
 
 
 class _ChitchatChat(IterableSource):
