@@ -247,7 +247,7 @@ def test_null_inside_a_list_column_names_row_and_column(tmp_path):
         pack_to_parquet(str(p), tmp_path / "o.parquet", capacity=8, **KW)
     j = tmp_path / "n.jsonl"
     j.write_text('{"input_ids": [1]}\n{"input_ids": [1, null]}\n')
-    with pytest.raises(InputError, match=r"n.jsonl line 2: input_ids\[1\] is null"):
+    with pytest.raises(InputError, match=r"n.jsonl line 2: input_ids must be a flat list of integer token ids; input_ids\[1\] is null"):
         pack_to_parquet(str(j), tmp_path / "o.parquet", capacity=8, **KW)
 
 

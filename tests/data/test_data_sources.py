@@ -122,7 +122,7 @@ def test_mistyped_columns(tmp_path):
     pq.write_table(pa.table({"text": [1, 2]}), p2)
     with pytest.raises(ValueError, match="'text' has type int64"):
         list(open_source(str(p2)).chunks())
-    with pytest.raises(ValueError, match=r"document 1: input_ids\[0\] is 0.5 \(float\); token ids must be integers"):
+    with pytest.raises(ValueError, match=r"document 1: input_ids must be a flat list of integer token ids; input_ids\[0\] is 0.5 \(float\)"):
         list(open_source([[1, 2], [0.5]]).chunks())
     with pytest.raises(ValueError, match=r"row 1: input_ids\[1\] is a negative id -3"):
         list(open_source(str(write_parquet(tmp_path / "neg.parquet", [[1], [2, -3]]))).chunks())

@@ -103,7 +103,7 @@ def _bad_element(x, name: str) -> str:
     for k, v in enumerate(x):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             shown = "null" if v is None else repr(v)
-            return f"{name}[{k}] is {shown} ({type(v).__name__}); token ids must be integers"
+            return f"{name} must be a flat list of integer token ids; {name}[{k}] is {shown} ({type(v).__name__})"
         if not -2**63 <= int(v) <= INT64_MAX:
             return (f"{name}[{k}] = {int(v)} does not fit a signed 64-bit integer; token ids must "
                     f"be below 2**63")
