@@ -417,7 +417,7 @@ class DocumentsSource(Source):
             j = min(n, i + self.chunk_docs)
             a, b = int(d.offsets[i]), int(d.offsets[j])
             yield DocChunk(d.tokens[a:b], d.offsets[i:j + 1] - a,
-                           None if d.labels is None else d.labels[a:b].astype(np.int32, copy=False),
+                           None if d.labels is None else _narrow_labels(d.labels[a:b]),
                            None, i)
 
     def fingerprint(self) -> str:
