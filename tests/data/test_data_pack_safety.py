@@ -154,7 +154,7 @@ def test_stale_work_directories_of_dead_runs_are_cleaned(tmp_path, jsonl, capsys
     assert rc == 0, err
     assert not stale.exists() and live.exists() and unmarked.exists()
     assert f"removed the work directory {stale}" in err and f"cleaned:       {stale}" in err
-    assert f"pid {dead}" in err
+    assert f"run pid {dead}, no longer alive" in err
 
 
 # ----------------------------------------------------------------------------------------

@@ -140,13 +140,14 @@ def _clean_stale(folder: Path) -> list[str]:
             mark = json.loads((p / WORK_MARKER).read_text())
         except (ValueError, OSError):
             continue  # not ours, or not provably ours: leave it
-        if not p.is_dir() or p.is_symlink() or mark.get("pid") != pid or mark.get("host") != socket.gethostname():
+        if (not isinstance(mark, dict) or not p.is_dir() or p.is_symlink() or mark.get("pid") != pid
+                or mark.get("host") != socket.gethostname()):
             continue
         if pid == os.getpid() or _pid_alive(pid):
             continue
         size = _tree_bytes(p)
         shutil.rmtree(p, ignore_errors=True)
-        removed.append(f"{p} ({size / 1e6:,.1f} MB, left by killed run pid {pid})")
+        removed.append(f"{p} ({size / 1e6:,.1f} MB, left by run pid {pid}, no longer alive)")
     return removed
 
 
