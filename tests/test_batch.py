@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqpack.batch import IGNORE_INDEX, Documents, collate_packed
+from seqpack.errors import InputError
 from seqpack.plan import plan_packing
 
 
@@ -119,3 +120,69 @@ def test_subset_of_bins_and_bad_arguments():
         collate_packed(plan, docs, label_shift="left")
     with pytest.raises(ValueError, match=r"bins must be in \[0, 2\)"):
         collate_packed(plan, docs, bins=[2])
+
+
+# ---------------------------------------------------------------------------------------
+# documents that do not match the plan are refused, naming the document, bin and lengths
+
+def _plan_of(docs, capacity=16):
+    return plan_packing([len(d) for d in docs], capacity, overflow="split")
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_longer_or_shorter_document_than_planned_is_refused(store):
+    docs = make_docs([5, 9, 3])
+    plan = _plan_of(docs)
+    b = int(plan.bin[np.flatnonzero(plan.doc == 1)[0]])
+    for changed, word in ((docs[1] + [7, 7], "longer"), (docs[1][:4], "shorter")):
+        given = [docs[0], changed, docs[2]]
+        given = Documents.from_lists(given) if store else given
+        msg = rf"document 1 \(bin {b}\) has {len(changed)} tokens but the plan was made for 9 \({word} than planned\)"
+        with pytest.raises(InputError, match=msg):
+            collate_packed(plan, given)
+
+
+def test_fewer_documents_than_the_plan_references_is_refused():
+    docs = make_docs([5, 9, 3])
+    plan = _plan_of(docs)
+    b = int(plan.bin[np.flatnonzero(plan.doc == 2)[0]])
+    for given in (docs[:2], Documents.from_lists(docs[:2])):
+        with pytest.raises(InputError, match=rf"places document 2 in bin {b} but only 2 documents were given"):
+            collate_packed(plan, given)
+
+
+def test_labels_of_another_length_and_float_ids_are_refused():
+    docs = make_docs([5, 9])
+    plan = _plan_of(docs)
+    short = [{"input_ids": docs[0], "labels": docs[0][:3]}, {"input_ids": docs[1]}]
+    with pytest.raises(InputError, match=r"document 0 \(bin \d+\): labels has 3 entries but input_ids has 5"):
+        collate_packed(plan, short)
+    floats = [docs[0], [float(x) + 0.5 for x in docs[1]]]
+    with pytest.raises(InputError, match=r"document 1 \(bin \d+\): input_ids must be a flat list of integers, "
+                                         r"got dtype float64"):
+        collate_packed(plan, floats)
+    with pytest.raises(InputError, match="dtype float64"):
+        Documents(np.array([1.5, 2.0]), np.array([0, 2]))
+    with pytest.raises(InputError, match="token id -3"):
+        collate_packed(plan, [docs[0], [-3] * 9])
+
+
+def test_hand_built_plan_without_lengths_still_refuses_a_short_document():
+    from seqpack.plan import PackPlan
+
+    plan = PackPlan(doc=np.array([0, 1]), start=np.zeros(2, np.int64), stop=np.array([4, 6]),
+                    bin=np.array([0, 0]), bin_offsets=np.array([0, 2]), num_bins=1, capacity=16, num_docs=2,
+                    strategy="manual", placed_tokens=10)
+    with pytest.raises(InputError, match=r"document 1 \(bin 0\) has 5 tokens but the plan takes tokens 0..6"):
+        collate_packed(plan, [[1] * 4, [2] * 5])
+
+
+def test_ids_keep_int64():
+    big = [[1, 2**31, 2**32 + 5, 2**62]]
+    plan = _plan_of(big)
+    for given in (big, Documents.from_lists(big), [np.array(big[0], np.uint64)]):
+        assert collate_packed(plan, given).input_ids[0, :4].tolist() == big[0]
+    with pytest.raises(InputError, match=r"token id 2,147,483,648 does not fit int32"):
+        Documents.from_lists(big, dtype=np.int32)
+    with pytest.raises(InputError, match="does not fit int64"):
+        collate_packed(plan, [np.array([1, 2**63 + 7, 3, 4], np.uint64)])

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqpack.errors import InputError
 from seqpack.plan import OVERFLOWS, STRATEGIES, PackPlan, plan_packing
 
 # ----------------------------------------------------------------------------------------
@@ -43,11 +44,10 @@ def check_plan(plan, lengths, capacity, strategy, overflow, max_docs=None, windo
     # every token placed exactly once, or counted: pieces of a document tile [0, kept)
     long = lengths > capacity
     kept = lengths.copy()
-    if strategy != "wrapped":
-        if overflow == "truncate":
-            kept[long] = capacity
-        elif overflow == "drop":
-            kept[long] = 0
+    if overflow == "truncate":  # every strategy honours the overflow policy, wrapped included
+        kept[long] = capacity
+    elif overflow == "drop":
+        kept[long] = 0
     by_doc = np.lexsort((start, doc))
     d, s, e = doc[by_doc], start[by_doc], stop[by_doc]
     first = np.r_[True, d[1:] != d[:-1]][:num_pieces]
@@ -75,6 +75,8 @@ def check_plan(plan, lengths, capacity, strategy, overflow, max_docs=None, windo
         if max_docs is None and plan.num_bins:
             assert np.all(bin_len[:-1] == capacity)
         assert plan.split_docs == np.count_nonzero(np.bincount(doc, minlength=len(lengths)) > 1)
+        assert plan.truncated_docs == (np.count_nonzero(long) if overflow == "truncate" else 0)
+        assert plan.dropped_docs == (np.count_nonzero(long) if overflow == "drop" else 0)
 
     # data order kept by nextfit and wrapped
     if strategy in ("nextfit", "wrapped"):
@@ -109,7 +111,7 @@ def test_plan_properties(problem):
     lengths, capacity, strategy, overflow, max_docs, window, seed = problem
     kwargs = dict(strategy=strategy, overflow=overflow, max_docs_per_bin=max_docs,
                   window=window, seed=seed)
-    if overflow == "error" and strategy != "wrapped" and any(x > capacity for x in lengths):
+    if overflow == "error" and any(x > capacity for x in lengths):
         with pytest.raises(ValueError, match="capacity"):
             plan_packing(lengths, capacity, **kwargs)
         return
@@ -203,8 +205,23 @@ def test_nextfit_and_wrapped_keep_order():
     assert wr.start.tolist() == [0, 0, 4, 0, 0, 0, 2]
     assert wr.bin.tolist() == [0, 0, 1, 1, 1, 1, 2]
     assert wr.bin_lengths().tolist() == [10, 10, 3] and wr.split_docs == 2
-    # wrapped never errors on long documents: it cuts them anyway
-    assert plan_packing([25], 10, strategy="wrapped").num_bins == 3
+
+
+
+def test_wrapped_honours_overflow():
+    """wrapped applies the overflow policy to documents longer than capacity, then wraps."""
+    lengths = [4, 25, 3]
+    with pytest.raises(InputError, match="document 1 has 25 tokens but capacity is 10"):
+        plan_packing(lengths, 10, strategy="wrapped")  # overflow="error", the default
+    split = plan_packing(lengths, 10, strategy="wrapped", overflow="split")
+    assert split.placed_tokens == 32 and split.bin_lengths().tolist() == [10, 10, 10, 2]
+    trunc = plan_packing(lengths, 10, strategy="wrapped", overflow="truncate")
+    assert (trunc.truncated_docs, trunc.dropped_tokens, trunc.placed_tokens) == (1, 15, 17)
+    assert trunc.bin_lengths().tolist() == [10, 7]
+    assert trunc.stop[trunc.doc == 1].max() == 10  # only the first capacity tokens of doc 1
+    drop = plan_packing(lengths, 10, strategy="wrapped", overflow="drop")
+    assert (drop.dropped_docs, drop.dropped_tokens, drop.placed_tokens) == (1, 25, 7)
+    assert 1 not in drop.doc.tolist() and drop.empty_docs == 0
 
 
 def test_max_docs_per_bin():

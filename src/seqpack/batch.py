@@ -24,17 +24,41 @@ import numpy as np
 import torch
 
 from seqpack.boundaries import DocBoundaries
+from seqpack.errors import InputError
 
 __all__ = ["Documents", "PackedBatch", "collate_packed", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100  # the label value PyTorch's and Hugging Face's losses skip
 
 
+def _int_ids(x, what: str, name: str = "input_ids") -> np.ndarray:
+    """Token ids (or labels) as an int64 array, refusing what would change their values:
+    floats (even whole ones), ids beyond int64, nested lists. ``what`` names the document."""
+    a = x if isinstance(x, np.ndarray) else np.asarray(x)
+    if a.dtype == object:  # e.g. a Python int beyond uint64 next to negative ones
+        try:
+            a = np.asarray(x, dtype=np.int64)
+        except (OverflowError, ValueError, TypeError):
+            raise InputError(f"{what}: {name} holds a value that is not an int64 token id; "
+                             f"ids must be integers below 2**63") from None
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        got = f"dtype {a.dtype}" if a.ndim == 1 else f"shape {a.shape}"
+        raise InputError(f"{what}: {name} must be a flat list of integers, got {got}; convert it "
+                         f"with np.asarray(..., dtype=np.int64) after checking the values are whole")
+    if a.dtype == np.uint64 and a.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{what}: {name} holds {int(a.max()):,}, which does not fit int64; "
+                         f"token ids must be below 2**63")
+    return a.astype(np.int64, copy=False)
+
+
 class Documents:
     """Token lists stored flat: document i is ``tokens[offsets[i]:offsets[i + 1]]``.
 
     ``labels`` (optional, same length as ``tokens``) holds per-token labels aligned with
-    the tokens, -100 where no loss is wanted (e.g. prompts).
+    the tokens, -100 where no loss is wanted (e.g. prompts). Tokens and labels must be
+    integers (floats are refused, not truncated) and token ids >= 0.
     """
 
     def __init__(self, tokens: np.ndarray, offsets: np.ndarray, labels: np.ndarray | None = None):
@@ -42,22 +66,41 @@ class Documents:
         self.offsets = np.asarray(offsets, dtype=np.int64)
         if self.offsets.ndim != 1 or self.offsets.size == 0 or self.offsets[0] != 0 \
                 or self.offsets[-1] != self.tokens.size or (np.diff(self.offsets) < 0).any():
-            raise ValueError("offsets must start at 0, never decrease and end at len(tokens)")
+            raise InputError("offsets must start at 0, never decrease and end at len(tokens)")
+        if self.tokens.size and (self.tokens.ndim != 1 or self.tokens.dtype.kind not in "iu"):
+            raise InputError(f"Documents: tokens must be a flat integer array, got dtype {self.tokens.dtype} "
+                             f"shape {self.tokens.shape}")
+        _check_token_range(self.tokens, self.offsets)
         self.labels = None if labels is None else np.asarray(labels)
         if self.labels is not None and self.labels.shape != self.tokens.shape:
-            raise ValueError(f"labels have shape {self.labels.shape} but tokens {self.tokens.shape}")
+            raise InputError(f"labels have shape {self.labels.shape} but tokens {self.tokens.shape}")
+        if self.labels is not None and self.labels.size and self.labels.dtype.kind not in "iu":
+            raise InputError(f"Documents: labels must be integers, got dtype {self.labels.dtype}")
 
     @classmethod
     def from_lists(cls, docs: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None,
-                   dtype=np.int32) -> "Documents":
-        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
-        offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+                   dtype=np.int64) -> "Documents":
+        """A store of token lists. ``dtype`` (int64 by default) may be narrower to save
+        memory; ids it cannot hold are refused, naming the document, never wrapped."""
+        arrays = [_int_ids(d, f"document {i}") for i, d in enumerate(docs)]
+        lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        tokens = np.concatenate([np.asarray(d, dtype=dtype) for d in docs]) if len(docs) else np.zeros(0, dtype)
+        flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        info = np.iinfo(dtype)
+        if flat.size and (flat.max() > info.max or flat.min() < info.min):
+            bad = np.flatnonzero((flat > info.max) | (flat < info.min))[0]
+            i = int(np.searchsorted(offsets, bad, side="right") - 1)
+            raise InputError(f"document {i}: token id {int(flat[bad]):,} does not fit {np.dtype(dtype).name}; "
+                             f"pass dtype=np.int64")
         lab = None
         if labels is not None:
-            lab = np.concatenate([np.asarray(x, dtype=np.int64) for x in labels]) if len(docs) else np.zeros(0)
-        return cls(tokens, offsets, lab)
+            larr = [_int_ids(x, f"document {i}", "labels") for i, x in enumerate(labels)]
+            for i, (a, b) in enumerate(zip(arrays, larr)):
+                if a.size != b.size:
+                    raise InputError(f"document {i}: labels has {b.size:,} entries but input_ids has {a.size:,}")
+            lab = np.concatenate(larr) if larr else np.zeros(0, np.int64)
+        return cls(flat.astype(dtype, copy=False), offsets, lab)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -68,6 +111,21 @@ class Documents:
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+
+
+def _check_token_range(tokens: np.ndarray, offsets: np.ndarray) -> None:
+    """Refuse negative ids and uint64 ids beyond int64 (both would become wrong ids)."""
+    if not tokens.size:
+        return
+    bad = None
+    if tokens.dtype.kind == "i" and tokens.min() < 0:
+        bad = np.flatnonzero(tokens < 0)[0]
+    elif tokens.dtype == np.uint64 and tokens.max() > np.iinfo(np.int64).max:
+        bad = np.flatnonzero(tokens > np.iinfo(np.int64).max)[0]
+    if bad is not None:
+        i = int(np.searchsorted(offsets, bad, side="right") - 1)
+        raise InputError(f"document {i}: token id {int(tokens[bad]):,} is not in [0, 2**63); token ids "
+                         f"are indices into the vocabulary")
 
 
 @dataclass
@@ -126,8 +184,10 @@ class PackedBatch:
 def _gather_pieces(docs, doc: np.ndarray, start: np.ndarray, stop: np.ndarray, shift: int):
     """Tokens (and label sources) of pieces, concatenated; ``shift=1`` reads position p+1.
 
-    Returns ``(tokens, labels)``; where p + shift falls past the end of its document the
-    label is -100 (so a document's last token gets no target under the collator shift).
+    ``docs`` is a `Documents` store or a dict ``{doc index: (ids, labels or None)}`` of
+    checked int64 arrays (`_list_documents`). Returns ``(tokens, labels)``; where p + shift
+    falls past the end of its document the label is -100 (so a document's last token gets
+    no target under the collator shift).
     """
     lens = stop - start
     total = int(lens.sum())
@@ -143,12 +203,11 @@ def _gather_pieces(docs, doc: np.ndarray, start: np.ndarray, stop: np.ndarray, s
         labels = np.full(total, IGNORE_INDEX, dtype=np.int64)
         labels[ok] = src[(base + nxt)[ok]]
         return tokens, labels
-    # A sequence of token lists (optionally dicts with input_ids/labels): one slice per piece.
+    # checked arrays of a sequence of token lists / dicts: one slice per piece
     tok_parts, lab_parts = [], []
     for d, s, e in zip(doc.tolist(), start.tolist(), stop.tolist()):
-        item = docs[d]
-        ids = np.asarray(item["input_ids"] if isinstance(item, dict) else item, dtype=np.int64)
-        src = np.asarray(item["labels"], dtype=np.int64) if isinstance(item, dict) and "labels" in item else ids
+        ids, src = docs[d]
+        src = ids if src is None else src
         tok_parts.append(ids[s:e])
         lab = np.full(e - s, IGNORE_INDEX, dtype=np.int64)
         avail = src[s + shift:e + shift]
@@ -157,6 +216,65 @@ def _gather_pieces(docs, doc: np.ndarray, start: np.ndarray, stop: np.ndarray, s
     if not tok_parts:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     return np.concatenate(tok_parts), np.concatenate(lab_parts)
+
+
+def _list_documents(docs, doc: np.ndarray, bin_of: np.ndarray) -> dict:
+    """The documents the pieces reference, each converted once and checked: integer ids
+    (and labels of the same length) kept as int64. ``{doc index: (ids, labels or None)}``."""
+    out = {}
+    first = {}
+    for k, d in enumerate(doc.tolist()):
+        first.setdefault(d, k)
+    for d, k in first.items():
+        what = f"document {d} (bin {int(bin_of[k])})"
+        item = docs[d]
+        if isinstance(item, dict):
+            if "input_ids" not in item:
+                raise InputError(f"{what}: no 'input_ids' (has: {', '.join(map(str, item)) or 'nothing'})")
+            ids = _int_ids(item["input_ids"], what)
+            labels = item.get("labels")
+            if labels is not None:
+                labels = _int_ids(labels, what, "labels")
+                if labels.size != ids.size:
+                    raise InputError(f"{what}: labels has {labels.size:,} entries but input_ids has "
+                                     f"{ids.size:,}; give one label per token (-100 = no loss)")
+        else:
+            ids, labels = _int_ids(item, what), None
+        if ids.size and ids.min() < 0:
+            raise InputError(f"{what}: input_ids holds a negative token id {int(ids.min())}; token ids "
+                             f"are indices into the vocabulary")
+        out[d] = (ids, labels)
+    return out
+
+
+def _check_against_plan(plan, n_docs: int, doc, start, stop, bin_of, actual_of) -> None:
+    """Refuse documents that are not the ones the plan was made for: fewer documents than
+    it references, or a referenced document of another length (vectorised)."""
+    if not doc.size:
+        return
+    missing = doc >= n_docs
+    if missing.any():
+        k = int(np.flatnonzero(missing)[0])
+        raise InputError(f"the plan places document {int(doc[k]):,} in bin {int(bin_of[k]):,} but only "
+                         f"{n_docs:,} documents were given: collate with the documents the plan was made for")
+    actual = actual_of(doc)
+    planned = getattr(plan, "doc_lengths", None)
+    if planned is not None:
+        expected = np.asarray(planned)[doc]
+        bad = actual != expected
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            longer = "longer" if actual[k] > expected[k] else "shorter"
+            raise InputError(f"document {int(doc[k]):,} (bin {int(bin_of[k]):,}) has {int(actual[k]):,} tokens "
+                             f"but the plan was made for {int(expected[k]):,} ({longer} than planned): plan "
+                             f"the lengths of the documents you collate")
+        return
+    bad = stop > actual  # a hand-built plan: at least every piece must lie inside its document
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise InputError(f"document {int(doc[k]):,} (bin {int(bin_of[k]):,}) has {int(actual[k]):,} tokens but "
+                         f"the plan takes tokens {int(start[k]):,}..{int(stop[k]):,} of it: plan the lengths of "
+                         f"the documents you collate")
 
 
 def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: str = "model",
@@ -168,6 +286,11 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
         plan: a `seqpack.PackPlan` (pieces ``doc/start/stop`` grouped by ``bin``).
         docs: `Documents`, or a sequence indexed by document id of token lists or of dicts
             with ``input_ids`` and optional ``labels`` (-100 = no loss, e.g. prompts).
+            They must be the documents the plan was made for: a missing document, one of
+            another length than planned (``plan.doc_lengths``; for a hand-built plan
+            without them, one too short for its pieces), labels of another length than
+            the ids, or non-integer ids are refused with `InputError` naming the document
+            and its bin. Ids stay int64 (never narrowed).
         bins: which bins to put in this batch (default: all), in row order.
         layout: ``"rows"`` -> ``(len(bins), capacity)``; ``"1d"`` -> ``(len(bins) * capacity,)``.
         label_shift: ``"model"`` (HF: labels aligned with inputs, first token of each piece
@@ -179,20 +302,38 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
             compiled models see the same value every batch).
     """
     if layout not in ("rows", "1d"):
-        raise ValueError(f"layout must be 'rows' or '1d'; got {layout!r}")
+        raise InputError(f"layout must be 'rows' or '1d'; got {layout!r}")
     if label_shift not in ("model", "collator"):
-        raise ValueError(f"label_shift must be 'model' (HF) or 'collator' (nanochat); got {label_shift!r}")
+        raise InputError(f"label_shift must be 'model' (HF) or 'collator' (nanochat); got {label_shift!r}")
     cap = int(plan.capacity)
-    bins = np.arange(plan.num_bins) if bins is None else np.asarray(bins, dtype=np.int64).reshape(-1)
+    if bins is None:
+        bins = np.arange(plan.num_bins)
+    else:
+        bins = np.asarray(bins).reshape(-1)
+        if bins.size and bins.dtype.kind not in "iu":
+            raise InputError(f"bins must be integers, got dtype {bins.dtype}")
+        bins = bins.astype(np.int64)
     if bins.size and (bins.min() < 0 or bins.max() >= plan.num_bins):
-        raise ValueError(f"bins must be in [0, {plan.num_bins}); got {bins.min()}..{bins.max()}")
+        raise InputError(f"bins must be in [0, {plan.num_bins}); got {bins.min()}..{bins.max()}")
     lo, hi = plan.bin_offsets[bins], plan.bin_offsets[bins + 1]
     counts = hi - lo
     idx = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
     doc, start, stop = plan.doc[idx], plan.start[idx], plan.stop[idx]
     lens = stop - start
+    bin_of = np.repeat(bins, counts)  # plan bin of every piece, for error messages
 
-    tokens, labels = _gather_pieces(docs, doc, start, stop, shift=1 if label_shift == "collator" else 0)
+    if isinstance(docs, Documents):
+        _check_against_plan(plan, len(docs), doc, start, stop, bin_of,
+                            lambda d: docs.offsets[d + 1] - docs.offsets[d])
+        source = docs
+    else:
+        n_docs = len(docs)
+        if doc.size and int(doc.max()) >= n_docs:
+            _check_against_plan(plan, n_docs, doc, start, stop, bin_of, None)
+        source = _list_documents(docs, doc, bin_of)
+        _check_against_plan(plan, n_docs, doc, start, stop, bin_of,
+                            lambda d: np.fromiter((source[i][0].size for i in d.tolist()), np.int64, d.size))
+    tokens, labels = _gather_pieces(source, doc, start, stop, shift=1 if label_shift == "collator" else 0)
     if label_shift == "model" and lens.size:
         # The first token of a piece would be predicted from the previous segment.
         labels[np.cumsum(lens) - lens] = IGNORE_INDEX

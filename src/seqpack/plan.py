@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from seqpack.errors import InputError
+
 __all__ = ["PackPlan", "plan_packing", "STRATEGIES", "OVERFLOWS"]
 
 STRATEGIES = ("bfd", "ffd", "nextfit", "wrapped")
@@ -70,6 +72,9 @@ class PackPlan:
     truncated_docs: int = 0
     split_docs: int = 0
     empty_docs: int = 0
+    # the lengths the plan was made for (read-only, (num_docs,) int64), so that a collator
+    # can refuse documents that are not the ones planned; None for hand-built plans
+    doc_lengths: np.ndarray | None = None
 
     @property
     def num_pieces(self) -> int:
@@ -116,7 +121,8 @@ class PackPlan:
         take = first[new_bin] + (np.arange(offsets[-1], dtype=np.int64) - offsets[new_bin])
         start, stop = self.start[take], self.stop[take]
         return _make_plan(self.doc[take], start, stop, new_bin, offsets, self.capacity,
-                          self.num_docs, self.strategy, int((stop - start).sum()))
+                          self.num_docs, self.strategy, int((stop - start).sum()),
+                          doc_lengths=self.doc_lengths)
 
     def summary(self) -> str:
         """A few readable lines: what went in, what came out, how full the bins are."""
@@ -142,12 +148,16 @@ class PackPlan:
 
 
 def _make_plan(doc, start, stop, bin_, bin_offsets, capacity, num_docs, strategy,
-               placed_tokens, **counters) -> PackPlan:
-    for a in (doc, start, stop, bin_, bin_offsets):
-        a.flags.writeable = False  # the plan is frozen; so are its arrays
+               placed_tokens, doc_lengths=None, **counters) -> PackPlan:
+    if doc_lengths is not None and doc_lengths.flags.writeable:
+        doc_lengths = doc_lengths.copy()  # never freeze (or keep a view of) the caller's array
+    for a in (doc, start, stop, bin_, bin_offsets, doc_lengths):
+        if a is not None:
+            a.flags.writeable = False  # the plan is frozen; so are its arrays
     return PackPlan(doc=doc, start=start, stop=stop, bin=bin_, bin_offsets=bin_offsets,
                     num_bins=len(bin_offsets) - 1, capacity=capacity, num_docs=num_docs,
-                    strategy=strategy, placed_tokens=int(placed_tokens), **counters)
+                    strategy=strategy, placed_tokens=int(placed_tokens), doc_lengths=doc_lengths,
+                    **counters)
 
 
 # ----------------------------------------------------------------------------------------
@@ -160,25 +170,25 @@ def _as_lengths(lengths) -> np.ndarray:
         lengths = lengths.detach().cpu().numpy()
     arr = np.asarray(lengths)
     if arr.ndim != 1:
-        raise ValueError(f"lengths must be 1D (one length per document), got shape {arr.shape}")
+        raise InputError(f"lengths must be 1D (one length per document), got shape {arr.shape}")
     if arr.size == 0:
         return np.zeros(0, np.int64)  # np.asarray([]) is float64; an empty list is fine
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
         if np.issubdtype(arr.dtype, np.floating):
             bad = np.flatnonzero(arr != np.round(arr))
             i = int(bad[0]) if len(bad) else 0
-            raise ValueError(f"lengths must be integers, got dtype {arr.dtype} "
+            raise InputError(f"lengths must be integers, got dtype {arr.dtype} "
                              f"(lengths[{i}] = {arr[i]!r}); convert whole-number lengths with "
                              f".astype(np.int64)")
-        raise ValueError(f"lengths must be integers, got dtype {arr.dtype} "
+        raise InputError(f"lengths must be integers, got dtype {arr.dtype} "
                          f"(lengths[0] = {arr[0]!r})")
     if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
         i = int(np.argmax(arr))
-        raise ValueError(f"document {i} has length {arr[i]:,}, which does not fit in int64")
+        raise InputError(f"document {i} has length {arr[i]:,}, which does not fit in int64")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     if arr.min() < 0:
         i = int(np.flatnonzero(arr < 0)[0])
-        raise ValueError(f"lengths must be >= 0, but document {i} has length {arr[i]:,}")
+        raise InputError(f"lengths must be >= 0, but document {i} has length {arr[i]:,}")
     return arr
 
 
@@ -186,13 +196,13 @@ def _as_positive_int(value, name: str, *, none_ok: bool = False):
     if value is None and none_ok:
         return None
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise InputError(f"{name} must be a positive int, got {value!r}")
     try:
         value = operator.index(value)  # ints and numpy ints; refuses floats
     except TypeError:
-        raise ValueError(f"{name} must be a positive int, got {value!r}") from None
+        raise InputError(f"{name} must be a positive int, got {value!r}") from None
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
+        raise InputError(f"{name} must be >= 1, got {value!r}")
     return value
 
 
@@ -218,9 +228,12 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
                       max_docs_per_bin) opens the next. Keeps documents in order.
             "wrapped" concatenate all documents in order and cut every `capacity` tokens, as
                       in pre-training: documents are split at bin ends, every bin but the
-                      last is full. `overflow` is ignored (nothing is ever too long).
-        overflow: what to do with a document longer than `capacity` (bfd/ffd/nextfit):
-            "error"    (default) raise ValueError naming the document.
+                      last is full (unless max_docs_per_bin closes it). `overflow` applies
+                      first, to documents longer than `capacity`: "split" wraps them like
+                      the rest, "truncate" wraps their first `capacity` tokens, "drop"
+                      leaves them out, "error" refuses them.
+        overflow: what to do with a document longer than `capacity`:
+            "error"    (default) raise InputError (a ValueError) naming the document.
             "split"    cut it into pieces [0, cap), [cap, 2cap), ...; every token is kept.
                        Full pieces fill a bin each; the remainder is packed with the rest.
             "truncate" keep [0, cap); the rest counts in `plan.dropped_tokens`.
@@ -251,17 +264,17 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
     lengths = _as_lengths(lengths)
     capacity = _as_positive_int(capacity, "capacity")
     if capacity >= 2**31:
-        raise ValueError(f"capacity must be below 2**31, got {capacity:,}")
+        raise InputError(f"capacity must be below 2**31, got {capacity:,}")
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}: use one of "
+        raise InputError(f"unknown strategy {strategy!r}: use one of "
                          f"{', '.join(map(repr, STRATEGIES))}")
     if overflow not in OVERFLOWS:
-        raise ValueError(f"unknown overflow {overflow!r}: use one of "
+        raise InputError(f"unknown overflow {overflow!r}: use one of "
                          f"{', '.join(map(repr, OVERFLOWS))}")
     max_docs = _as_positive_int(max_docs_per_bin, "max_docs_per_bin", none_ok=True)
     window = _as_positive_int(window, "window", none_ok=True)
     if window is not None and strategy in ("nextfit", "wrapped"):
-        raise ValueError(f"window applies to 'bfd' and 'ffd' only: {strategy!r} already packs "
+        raise InputError(f"window applies to 'bfd' and 'ffd' only: {strategy!r} already packs "
                          f"in data order, so there is nothing to window; drop window=")
 
     from seqpack import _plan_kernels as K  # imports numba; kept out of `import seqpack.plan`
@@ -273,25 +286,34 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
     nonempty = n - empty_docs
     total = int(lengths.sum())
 
-    if strategy == "wrapped":
-        # a piece per non-empty document, plus one per bin boundary that falls inside one
-        max_pieces = nonempty + total // capacity + 1
-        doc, start, stop, bin_ = (np.empty(max_pieces, np.int64) for _ in range(4))
-        num_pieces, nbins = K.wrapped(lengths, capacity, max_docs_k, doc, start, stop, bin_)
-        doc, start, stop, bin_ = (a[:num_pieces] for a in (doc, start, stop, bin_))
-        offsets = _offsets(np.bincount(bin_, minlength=nbins))
-        split_docs = int(np.count_nonzero(np.bincount(doc, minlength=n) > 1)) if n else 0
-        return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, total,
-                          split_docs=split_docs, empty_docs=empty_docs)
-
     # overflow: count what happens to documents longer than capacity
     long_docs = np.flatnonzero(lengths > capacity)
     long_lengths = lengths[long_docs]
     if len(long_docs) and overflow == "error":
         i = int(long_docs[0])
-        raise ValueError(f"document {i} has {lengths[i]:,} tokens but capacity is {capacity:,}: "
+        raise InputError(f"document {i} has {lengths[i]:,} tokens but capacity is {capacity:,}: "
                          f"pass overflow='split', 'truncate' or 'drop'"
                          f" ({len(long_docs):,} documents are longer than capacity)")
+
+    if strategy == "wrapped":
+        # overflow first (truncate / drop the long documents), then wrap what is left
+        wlen, counters = lengths, dict(empty_docs=empty_docs)
+        if len(long_docs) and overflow in ("truncate", "drop"):
+            wlen = lengths.copy()
+            wlen[long_docs] = capacity if overflow == "truncate" else 0
+            counters["truncated_docs" if overflow == "truncate" else "dropped_docs"] = len(long_docs)
+            counters["dropped_tokens"] = total - int(wlen.sum())
+        placed = int(wlen.sum())
+        # a piece per non-empty document, plus one per bin boundary that falls inside one
+        max_pieces = nonempty + placed // capacity + 1
+        doc, start, stop, bin_ = (np.empty(max_pieces, np.int64) for _ in range(4))
+        num_pieces, nbins = K.wrapped(wlen, capacity, max_docs_k, doc, start, stop, bin_)
+        doc, start, stop, bin_ = (a[:num_pieces] for a in (doc, start, stop, bin_))
+        offsets = _offsets(np.bincount(bin_, minlength=nbins))
+        split_docs = int(np.count_nonzero(np.bincount(doc, minlength=n) > 1)) if n else 0
+        return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed,
+                          split_docs=split_docs, doc_lengths=lengths, **counters)
+
     counters = dict(empty_docs=empty_docs)
     pieces_of_long = np.ones(len(long_docs), np.int64)  # truncate: one piece each
     if overflow == "split":
@@ -316,7 +338,7 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         # data order is already bin order
         offsets = _offsets(np.bincount(bin_, minlength=nbins))
         return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed,
-                          **counters)
+                          doc_lengths=lengths, **counters)
 
     # bfd / ffd: pieces sorted longest first (a counting sort: lengths are <= capacity)
     max_len = capacity if len(long_docs) else (int(lengths.max()) if n else 0)
@@ -366,7 +388,8 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
     start = np.zeros(num_pieces, np.int64)  # the kernel writes only the non-zero starts
     K.scatter_by_bin(sdoc, sstart, slen, sorted_bin, pos, doc, start, stop)
     bin_ = np.repeat(np.arange(nbins, dtype=np.int64), counts)
-    return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed, **counters)
+    return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed,
+                      doc_lengths=lengths, **counters)
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:

@@ -1,13 +1,18 @@
 """Online packing: every document once, deterministic, exact resume, balanced ranks."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from data_util import sft_lengths, token_docs, write_parquet
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from seqpack.batch import Documents
-from seqpack.data.online import LoaderState, PackedIterableDataset
+from seqpack.data.online import LoaderState, PackedIterableDataset, state_to_json
+from seqpack.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -103,18 +108,27 @@ def test_resume_stream_source_is_exact(tmp_path, docs):
     assert head + [b.doc_index.tolist() for b in ds2] == full
 
 
-def test_dataloader_workers_resume_with_loader_state(docs):
-    full = pieces(DataLoader(mk(docs), batch_size=None, num_workers=2))
+def order(batches):
+    return [(b.step, b.doc_index.tolist(), b.doc_start.tolist()) for b in batches]
+
+
+@pytest.mark.parametrize("stop_at,workers_after", [(8, 2), (5, 2), (6, 3)])
+def test_dataloader_workers_resume_with_loader_state(docs, stop_at, workers_after):
+    """A resumed plain DataLoader yields the uninterrupted run's batches in its order
+    (not 10, 9, 12, 11, ...), also when the last consumed batch came from worker 1 and
+    with another number of workers."""
+    full = order(DataLoader(mk(docs), batch_size=None, num_workers=2))
     tracker, got = LoaderState(), []
     for k, b in enumerate(DataLoader(mk(docs, attach_state=True), batch_size=None, num_workers=2)):
         got.append(b)
         tracker.update(b)
-        if k == 8:
+        if k == stop_at:
             break
+    saved = json.loads(state_to_json(tracker.state_dict()))  # as stored beside a checkpoint
     ds = mk(docs, attach_state=True)
-    ds.load_state_dict(tracker.state_dict())
-    got += list(DataLoader(ds, batch_size=None, num_workers=2))
-    assert pieces(got) == full  # nothing lost, nothing twice
+    ds.load_state_dict(saved)
+    got += list(DataLoader(ds, batch_size=None, num_workers=workers_after))
+    assert order(got) == full  # nothing lost, nothing twice, same order
 
 
 def test_stateful_dataloader_resume(docs):
@@ -198,3 +212,164 @@ def test_ranks_balanced_in_tokens_and_attention_cost(layout, batch_size, capacit
     body = spread[:-3]  # the last steps drain what is left of the stream
     assert body[:, 0].max() <= 0.02 and body[:, 1].max() <= 0.02, body.max(0)
     assert a[..., 0].sum() == int(np.minimum(L, 4096).sum() + np.maximum(L - 4096, 0).sum())
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(max_seqlen=0), "max_seqlen must be >= 1, got 0"),
+    (dict(max_seqlen=-3, layout="1d"), "max_seqlen must be >= 1, got -3"),
+    (dict(max_seqlen=0, layout="1d"), "max_seqlen must be >= 1, got 0"),
+    (dict(capacity=4096.5), "capacity must be an integer >= 1, got 4096.5"),
+    (dict(capacity=0), "capacity must be >= 1, got 0"),
+    (dict(batch_size=2.0), "batch_size must be an integer >= 1, got 2.0"),
+    (dict(max_num_docs=0), "max_num_docs must be >= 1, got 0"),
+    (dict(max_wait=-1), "max_wait must be >= 0"),
+    (dict(balance=float("nan")), "balance must be a finite number >= 0, got nan"),
+    (dict(rank=2, world_size=2), r"rank must be in \[0, world_size=2\); got 2"),
+])
+def test_impossible_options_are_refused_naming_the_value(docs, kw, msg):
+    with pytest.raises(InputError, match=msg):
+        mk(docs, **kw)
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _sources(tmp_path, docs):
+    """Every source type docs/data.md lists, each built afresh by a call (as after a restart)."""
+    datasets = pytest.importorskip("datasets")
+    n = 400
+    lists = [docs[i].tolist() for i in range(n)]
+    labels = [[-100] * min(3, len(x)) + x[3:] for x in lists]
+    jsonl = _jsonl(tmp_path / "d.jsonl", [{"input_ids": x, "labels": y} for x, y in zip(lists, labels)])
+    parquet = str(write_parquet(tmp_path / "d.parquet", lists, labels=labels, rows_per_group=64))
+    texts = _jsonl(tmp_path / "t.jsonl", [{"text": f"document {i} " + "word " * (i % 37)} for i in range(n)])
+    table = {"input_ids": lists, "labels": labels}
+    return {
+        "parquet": lambda: parquet,
+        "jsonl": lambda: jsonl,
+        "jsonl-text": lambda: texts,
+        "hf-map": lambda: datasets.Dataset.from_dict(table),
+        "hf-streaming": lambda: datasets.Dataset.from_dict(table).to_iterable_dataset(num_shards=2),
+        "documents": lambda: Documents.from_lists(lists),
+        "token-lists": lambda: [np.asarray(x) for x in lists],
+        "dicts": lambda: [{"input_ids": x, "labels": y} for x, y in zip(lists, labels)],
+        "callable": lambda: (lambda: iter([{"text": f"line {i} " + "a " * (i % 50)} for i in range(n)])),
+        "generator": lambda: ({"input_ids": x} for x in lists),
+        "chitchat": lambda: "chitchat",
+        "chats": lambda: [[{"role": "user", "content": f"question {i} " + "why " * (i % 20)},
+                           {"role": "assistant", "content": "because " * (i % 90)}] for i in range(n)],
+    }
+
+
+@pytest.mark.parametrize("kind", ["parquet", "jsonl", "jsonl-text", "hf-map", "hf-streaming", "documents",
+                                  "token-lists", "dicts", "callable", "generator", "chitchat", "chats"])
+def test_resume_works_for_every_source_type(tmp_path, docs, kind):
+    make = _sources(tmp_path, docs)[kind]
+    kw = dict(capacity=256, batch_size=2, buffer_size=32)
+
+    def batches(it, n):
+        return [(b.step, b.doc_index.tolist(), b.input_ids.tolist(), b.labels.tolist()) for _, b in zip(range(n), it)]
+
+    full = batches(iter(PackedIterableDataset(make(), **kw)), 7)
+    ds = PackedIterableDataset(make(), **kw)
+    it = iter(ds)
+    head = batches(it, 3)
+    saved = json.loads(state_to_json(ds.state_dict()))
+    again = PackedIterableDataset(make(), **kw)  # a new object, as in a new process
+    again.load_state_dict(saved)
+    assert head + batches(iter(again), 4) == full
+
+
+# ---------------------------------------------------------------------------------------
+# property test: random documents, every option; accounting, capacity, reruns, resume
+
+
+def _run(make, n=None, state=None):
+    """(batches as comparable tuples, counters) of rank 0 and 1 of a fresh dataset."""
+    out, counters = [], None
+    for ds in make():
+        if state is not None:
+            ds.load_state_dict(state[ds.rank])
+        it = iter(ds)
+        got = [b for _, b in zip(range(n if n is not None else 1 << 30), it)]
+        out.append(got)
+        counters = dict(it.counters)
+    return out, counters
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(lengths=st.lists(st.integers(0, 90), min_size=0, max_size=24),
+       capacity=st.integers(4, 48), batch_size=st.integers(1, 3), layout=st.sampled_from(["rows", "1d"]),
+       overflow=st.sampled_from(["split", "truncate", "drop", "error"]), buffer_size=st.integers(1, 12),
+       world=st.sampled_from([1, 2]), streamed=st.booleans(), with_labels=st.booleans(),
+       shift=st.sampled_from(["model", "collator"]), seqlen_cut=st.integers(0, 3), cut=st.integers(0, 12),
+       budget=st.sampled_from([None, 64]))
+def test_fuzz_online_packer(lengths, capacity, batch_size, layout, overflow, buffer_size, world, streamed,
+                            with_labels, shift, seqlen_cut, cut, budget):
+    rng = np.random.default_rng(len(lengths) * 1000 + capacity)
+    toks = [rng.integers(0, 2**40, n).astype(np.int64) for n in lengths]  # ids beyond int32 stay intact
+    labs = [np.where(rng.random(n) < 0.3, -100, t) for n, t in zip(lengths, toks)]
+    max_seqlen = max(1, capacity - seqlen_cut) if layout == "1d" else None
+    limit = min(capacity, max_seqlen or capacity)
+    budget = None if budget is None else budget + (batch_size if layout == "rows" else -(-batch_size * capacity // limit))
+
+    def source():
+        if streamed:
+            return [{"input_ids": t.tolist(), **({"labels": y.tolist()} if with_labels else {})}
+                    for t, y in zip(toks, labs)] or [{"input_ids": []}]
+        return Documents.from_lists(toks or [[]], labs or [[]] if with_labels else None)
+
+    def make():
+        return [PackedIterableDataset(source(), capacity=capacity, batch_size=batch_size, layout=layout,
+                                      overflow=overflow, buffer_size=buffer_size, max_seqlen=max_seqlen,
+                                      max_num_docs=budget, label_shift=shift, rank=r, world_size=world,
+                                      shuffle=not streamed, seed=3)
+                for r in range(world)]
+
+    if overflow == "error" and any(n > limit for n in lengths):
+        with pytest.raises(InputError, match=rf"has \d+ tokens but rows hold {limit}: pass overflow="):
+            _run(make)
+        return
+    runs, counters = _run(make)
+    again, _ = _run(make)
+    assert [[(b.step, b.input_ids.tolist(), b.labels.tolist()) for b in r] for r in runs] == \
+        [[(b.step, b.input_ids.tolist(), b.labels.tolist()) for b in r] for r in again]  # reruns identical
+    assert len({len(r) for r in runs}) == 1  # every rank the same number of batches
+
+    out = 0
+    for rank_batches in runs:
+        for b in rank_batches:
+            seg = (b.doc_stop - b.doc_start)
+            out += int(seg.sum())
+            assert (seg >= 1).all() and (seg <= limit).all()
+            bounds = b.boundaries
+            assert int(bounds.num_tokens()) == int(seg.sum())
+            if layout == "rows":  # every row within capacity
+                assert b.input_ids.shape == (batch_size, capacity)
+            else:
+                assert b.input_ids.shape == (batch_size * capacity,)
+            real = ~bounds.is_pad
+            starts = bounds.cu_seqlens[:-1][real].tolist()
+            ids = b.input_ids.flatten()
+            for s0, d, a, e in zip(starts, b.doc_index.tolist(), b.doc_start.tolist(), b.doc_stop.tolist()):
+                assert ids[s0:s0 + e - a].tolist() == toks[d][a:e].tolist()
+            if budget is not None:
+                assert bounds.cu_seqlens.numel() == budget + 1
+    total = sum(lengths)
+    assert out + counters["dropped_tokens"] == total  # tokens in = tokens out + counted as dropped
+    assert counters["empty_docs"] == sum(n == 0 for n in lengths) + (0 if lengths else 1)
+
+    # resume at a point: the rest equals the uninterrupted stream
+    steps = len(runs[0])
+    k = min(cut, steps)
+    heads, states = [], []
+    for ds in make():
+        it = iter(ds)
+        heads.append([b for _, b in zip(range(k), it)])
+        states.append(json.loads(state_to_json(ds.state_dict())))
+    tails, _ = _run(make, state=states)
+    for r in range(world):
+        assert [b.input_ids.tolist() for b in heads[r] + tails[r]] == [b.input_ids.tolist() for b in runs[r]]
+        assert [b.labels.tolist() for b in heads[r] + tails[r]] == [b.labels.tolist() for b in runs[r]]

@@ -46,3 +46,20 @@ def test_cp_needs_processes(tmp_path):
     docs, _ = compact_vocab(load_chitchat(max_docs=20), 512)
     with pytest.raises(InputError, match="--cp 2 splits each micro-batch over 2 processes"):
         Trainer(train_cp_worker.config(tmp_path, "none", 2), docs=docs, vocab_size=512)
+
+
+def test_resume_with_another_cp_is_refused(tmp_path):
+    """cp decides which documents each rank reads (the data is split by dp = world / cp)."""
+    docs, _ = compact_vocab(load_chitchat(max_docs=20), 512)
+    cfg = train_cp_worker.config(tmp_path, "none", 1, steps=1, save=True)
+    tr = Trainer(cfg, docs=docs, vocab_size=512)
+    tr.run()
+    ckpt = tmp_path / "ckpt" / "step_000001.pt"
+    state = torch.load(ckpt, weights_only=False)
+    state["data_options"]["cp"] = 2  # as a 2-rank --cp 2 run would have written it (world aside)
+    torch.save(state, ckpt)
+    with pytest.raises(InputError, match="--cp: saved 2, given 1"):
+        Trainer(cfg.replace(resume=str(ckpt), steps=2), docs=docs, vocab_size=512)
+    del state["data_options"]["cp"]  # a checkpoint from before --cp: cp 1
+    torch.save(state, ckpt)
+    Trainer(cfg.replace(resume=str(ckpt), steps=2), docs=docs, vocab_size=512)

@@ -3,6 +3,7 @@ recompiles, 2 gloo processes (DDP, FSDP2) equal to one process."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from seqpack.data.corpus import load_chitchat
+from seqpack.errors import InputError
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
 from seqpack.train.config import TrainConfig
@@ -150,3 +152,104 @@ def test_cli_trains_and_resumes(tmp_path):
     assert cli.main(args[:2] + ["4"] + args[3:] + ["--resume", "auto"]) == 0
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log][-1] == 4 and all("tok_s" in e and "fill" in e for e in log)
+
+
+# ---------------------------------------------------------------------------------------
+# bad input: refused in one line naming the flag; resume never moves documents
+
+
+CLI_BASE = ["train", "--steps", "2", "--capacity", "128", "--rows-per-step", "2", "--vocab", "256",
+            "--max-docs", "30", "--threads", "1", "--progress", "false", "--log-every", "1"]
+
+
+def run_cli(capsys, *args):
+    from seqpack import cli
+
+    try:
+        rc = cli.main(list(args))
+    except SystemExit as e:  # argparse refuses while parsing
+        rc = e.code
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize("flag,value,msg", [
+    ("--rows-per-step", "0", "must be >= 1, got 0"), ("--steps", "0", "must be >= 1, got 0"),
+    ("--steps", "-3", "must be >= 1, got -3"), ("--capacity", "0", "must be >= 1, got 0"),
+    ("--lr", "0", "must be > 0, got 0.0"), ("--beta2", "1", r"must be in \[0, 1\), got 1.0"),
+    ("--max-docs", "0", "must be >= 1"), ("--log-every", "0", "must be >= 1"), ("--seed", "-1", "must be >= 0"),
+    ("--vocab", "1", "must be 0"), ("--lr", "nan", "must be a finite number"),
+])
+def test_cli_refuses_impossible_values_while_parsing(tmp_path, capsys, flag, value, msg):
+    rc, err = run_cli(capsys, *CLI_BASE, "--out", str(tmp_path), flag, value)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert re.search(rf"seqpack train: error: argument {flag}: {msg}", err), err
+    assert not (tmp_path / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize("field,value", [("rows_per_step", 0), ("steps", -3), ("capacity", 0), ("mode", "fast"),
+                                         ("beta1", 1.0)])
+def test_config_refuses_impossible_values_in_python(tmp_path, docs, field, value):
+    with pytest.raises(InputError, match=rf"^{field} must be"):
+        Trainer(cfg_for(tmp_path, **{field: value}), docs=docs, vocab_size=VOCAB)
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--attn-backend", "bogus"], "--attn-backend 'bogus' is not a backend"),
+    (["--device", "bogus"], "--device 'bogus' is not a device"),
+    (["--n-embd", "100", "--n-head", "3"], "model options: n_embd 100 is not divisible by n_head 3"),
+    (["--rows-per-step", "8", "--rows-per-micro", "3"], r"must be a multiple of rows_per_micro \(3\)"),
+    (["--resume", "auto"], "--resume auto: no checkpoint in"),
+    (["--inductor", "foo"], "--inductor options are key=value"),
+])
+def test_train_input_errors_are_one_line_without_traceback(tmp_path, capsys, extra, msg):
+    rc, err = run_cli(capsys, *CLI_BASE, "--out", str(tmp_path), *extra)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(msg, err), err
+    from seqpack import cli
+
+    with pytest.raises(InputError):  # --debug shows the traceback
+        cli.main(["--debug", *CLI_BASE, "--out", str(tmp_path), *extra])
+
+
+def test_cli_data_errors_name_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input_ids": [1, 2]}\n{"input_ids": [1, 2.5]}\n')
+    rc, err = run_cli(capsys, *CLI_BASE, "--out", str(tmp_path), "--data", str(bad))
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{bad} line 2" in err
+
+
+@pytest.mark.parametrize("change,saved", [
+    (["--seed", "1"], "--seed: saved 0, given 1"),
+    (["--capacity", "96"], "--capacity: saved 128, given 96"),
+    (["--rows-per-step", "4"], "--rows-per-step: saved 2, given 4"),
+    (["--strategy", "ffd"], "--strategy: saved 'bfd', given 'ffd'"),
+    (["--max-docs", "40"], "--max-docs: saved 30, given 40"),
+    (["--vocab", "300"], "--vocab: saved 256, given 300"),
+    (["--loader", "online"], "--loader: saved 'offline', given 'online'"),
+])
+def test_resume_refuses_options_that_change_which_documents_go_where(tmp_path, capsys, change, saved):
+    rc, err = run_cli(capsys, *CLI_BASE, "--out", str(tmp_path))
+    assert rc == 0, err
+    args = [*CLI_BASE[:2], "3", *CLI_BASE[3:], *change]  # argparse: the last value of a flag wins
+    rc, err = run_cli(capsys, *args, "--out", str(tmp_path), "--resume", "auto")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert saved in err, err
+    # the same options resume, and more steps are fine
+    rc, err = run_cli(capsys, *CLI_BASE[:2], "3", *CLI_BASE[3:], "--out", str(tmp_path), "--resume", "auto")
+    assert rc == 0, err
+
+
+def test_resume_from_an_earlier_checkpoint_logs_every_step_once(tmp_path, capsys):
+    """Resuming from step 2 of a run that reached step 4: steps 3 and 4 are trained again
+    and logged once, not twice."""
+    args = [*CLI_BASE[:2], "4", *CLI_BASE[3:], "--out", str(tmp_path), "--ckpt-every", "2"]
+    rc, err = run_cli(capsys, *args)
+    assert rc == 0, err
+    first = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    rc, err = run_cli(capsys, *args, "--resume", str(tmp_path / "ckpt" / "step_000002.pt"))
+    assert rc == 0, err
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4]
+    assert [e["loss"] for e in log] == [e["loss"] for e in first]  # the resumed steps trained alike

@@ -11,7 +11,8 @@ documents (``buffer_size``) and, for every *step*, fills ``world_size x batch_si
   attention work per step.
 - every rank (and every DataLoader worker) runs the same deterministic step builder over
   the same stream and keeps only its own share, so all ranks yield the same number of
-  batches with no communication; worker k of K materialises steps k, k+K, ...
+  batches with no communication; worker k of K materialises steps k, k+K, ... (counted
+  from where the iteration started, so that a resumed DataLoader keeps the order)
 - documents longer than a row follow ``overflow`` ("split" cuts chats between turns where
   possible); empty documents are skipped and counted.
 
@@ -19,9 +20,10 @@ Resuming: ``state_dict()`` holds the position in the source, the buffered pieces
 tokens when the source cannot be indexed), the step and the counters; ``load_state_dict``
 refuses a state saved for another source or other options and says which. With a plain
 DataLoader and worker processes, build with ``attach_state=True``: every batch then carries
-its worker's state (``batch.state``), and `LoaderState` merges the latest ones into a
-state that resumes every worker. torchdata's ``StatefulDataLoader`` needs nothing more: it
-calls ``state_dict``/``load_state_dict`` inside each worker.
+its worker's state (``batch.state``), and `LoaderState` keeps the last consumed one, which
+resumes every worker in the uninterrupted order (all workers build every step). torchdata's
+``StatefulDataLoader`` needs nothing more: it calls ``state_dict``/``load_state_dict``
+inside each worker.
 
 Order: map-style sources (`Documents`, lists) are shuffled per epoch with
 ``np.random.default_rng([seed, epoch])`` (``set_epoch``); streams are read in order.
@@ -38,6 +40,7 @@ import torch
 
 from seqpack.batch import IGNORE_INDEX, Documents, PackedBatch
 from seqpack.boundaries import DocBoundaries
+from seqpack.errors import InputError
 
 __all__ = ["PackedIterableDataset", "StreamBatch", "LoaderState", "rank_and_world_size"]
 
@@ -55,7 +58,7 @@ def rank_and_world_size(rank: int | None = None, world_size: int | None = None) 
             rank = 0 if rank is None else rank
             world_size = 1 if world_size is None else world_size
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
+        raise InputError(f"rank must be in [0, world_size={world_size}); got {rank}")
     return int(rank), int(world_size)
 
 
@@ -84,26 +87,42 @@ def _fields_of(b: PackedBatch) -> dict:
 
 
 class LoaderState:
-    """Resume a plain ``DataLoader`` with worker processes exactly.
+    """Resume a plain ``DataLoader`` with worker processes exactly, in the same order.
 
     Call ``update(batch)`` on every batch the training loop has consumed; ``state_dict()``
-    then resumes every worker right after its last consumed batch (batches prefetched but
-    not consumed are made again). Needs ``attach_state=True`` on the dataset.
+    is then the state right after the last consumed batch. Every worker builds every step
+    (keeping only its own), so that one state resumes them all: the workers restart at the
+    next step in the DataLoader's round-robin order (worker 0 first), so the resumed run
+    yields exactly the batches the uninterrupted run would have yielded next, in the same
+    order, with any ``num_workers``. Batches prefetched but not consumed are made again.
+    Needs ``attach_state=True`` on the dataset. Before any batch, the state is ``{}``
+    (start from the beginning).
     """
 
     def __init__(self):
-        self.workers: dict[int, dict] = {}
+        self.latest: dict | None = None
 
     def update(self, batch: StreamBatch) -> None:
         if batch.state is None:
-            raise ValueError("this batch carries no state: build the dataset with attach_state=True")
-        self.workers[int(batch.worker)] = batch.state
+            raise InputError("this batch carries no state: build the dataset with attach_state=True")
+        if self.latest is None or _position(batch.state) > _position(self.latest):
+            self.latest = batch.state
 
     def state_dict(self) -> dict:
-        return {"workers": dict(self.workers)}
+        return {} if self.latest is None else _for_any_worker(self.latest)
 
     def load_state_dict(self, state: dict) -> None:
-        self.workers = dict(state["workers"])
+        self.latest = state or None
+
+
+def _position(state: dict) -> tuple[int, int]:
+    return int(state["epoch"]), int(state["step"])
+
+
+def _for_any_worker(state: dict) -> dict:
+    """A worker's state as one every worker resumes from: the DataLoader asks worker 0
+    first, so worker w makes steps ``next + w, next + w + K, ...``."""
+    return {**state, "worker": None, "workers_total": None, "base": int(state["step"])}
 
 
 # ----------------------------------------------------------------------------------------
@@ -171,7 +190,7 @@ class _Reader:
                 out.append(_Piece(doc, 0, n, toks, labs, IGNORE_INDEX))
                 continue
             if overflow == "error":
-                raise ValueError(f"document {doc} has {n:,} tokens but rows hold {limit:,}: pass "
+                raise InputError(f"document {doc} has {n:,} tokens but rows hold {limit:,}: pass "
                                  f"overflow='split', 'truncate' or 'drop'")
             if overflow == "drop":
                 counters["dropped_docs"] += 1
@@ -225,27 +244,36 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
                  column=None, tokenizer=None, mask_prompt: bool = True):
         super().__init__()
         if layout not in ("rows", "1d"):
-            raise ValueError(f"layout must be 'rows' or '1d'; got {layout!r}")
+            raise InputError(f"layout must be 'rows' or '1d'; got {layout!r}")
         if label_shift not in ("model", "collator"):
-            raise ValueError(f"label_shift must be 'model' or 'collator'; got {label_shift!r}")
+            raise InputError(f"label_shift must be 'model' or 'collator'; got {label_shift!r}")
         if overflow not in ("split", "truncate", "drop", "error"):
-            raise ValueError(f"overflow must be 'split', 'truncate', 'drop' or 'error'; got {overflow!r}")
-        for name, v in (("capacity", capacity), ("batch_size", batch_size), ("buffer_size", buffer_size)):
-            if int(v) < 1:
-                raise ValueError(f"{name} must be >= 1; got {v}")
-        self.capacity, self.batch_size, self.layout = int(capacity), int(batch_size), layout
-        self.buffer_size, self.overflow, self.seed, self.shuffle = int(buffer_size), overflow, int(seed), shuffle
-        self.label_shift, self.pad_token_id, self.attach_state = label_shift, int(pad_token_id), attach_state
-        self.max_seqlen = self.capacity if max_seqlen is None else int(max_seqlen)
+            raise InputError(f"overflow must be 'split', 'truncate', 'drop' or 'error'; got {overflow!r}")
+        self.capacity = _positive_int(capacity, "capacity")
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.buffer_size = _positive_int(buffer_size, "buffer_size")
+        self.max_seqlen = self.capacity if max_seqlen is None else _positive_int(max_seqlen, "max_seqlen")
+        self.max_wait = _int(max_wait, "max_wait")
+        if self.max_wait < 0:
+            raise InputError(f"PackedIterableDataset: max_wait must be >= 0 (steps), got {max_wait!r}")
+        max_num_docs = None if max_num_docs is None else _positive_int(max_num_docs, "max_num_docs")
+        if isinstance(balance, bool) or not isinstance(balance, (int, float, np.floating, np.integer)) \
+                or not 0 <= balance < float("inf"):
+            raise InputError(f"PackedIterableDataset: balance must be a finite number >= 0, got {balance!r}")
+        self.layout, self.overflow, self.seed, self.shuffle = layout, overflow, _int(seed, "seed"), shuffle
+        if self.seed < 0:
+            raise InputError(f"PackedIterableDataset: seed must be >= 0, got {seed!r}")
+        self.label_shift, self.attach_state = label_shift, attach_state
+        self.pad_token_id = _int(pad_token_id, "pad_token_id")
         self.max_piece = min(self.capacity, self.max_seqlen)
         self.rank, self.world_size = rank_and_world_size(rank, world_size)
         self.max_num_docs = max_num_docs
-        self.balance, self.max_wait = float(balance), int(max_wait)
+        self.balance = float(balance)
         # segments other than documents: one padding run per row, or the 1D padding in runs
         pad_runs = self.batch_size if layout == "rows" else -(-self.batch_size * self.capacity // self.max_seqlen)
         self.doc_budget = 1 << 30 if max_num_docs is None else int(max_num_docs) - pad_runs
         if self.doc_budget < 1:
-            raise ValueError(f"max_num_docs={max_num_docs} leaves no room for documents: a batch can have "
+            raise InputError(f"max_num_docs={max_num_docs} leaves no room for documents: a batch can have "
                              f"{pad_runs} padding segments; raise max_num_docs above {pad_runs}")
 
         if isinstance(source, Documents):
@@ -275,8 +303,6 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         state = self._pending
         self._pending = None
-        if state is not None and "workers" in state:
-            state = state["workers"].get(worker, state["workers"].get(str(worker)))
         it = _Iterator(self, worker, workers, state)
         self._live = it
         return it
@@ -292,12 +318,19 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
         return _Iterator(self, worker, workers, None).state()
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume from ``state`` at the next ``iter()``. Refuses (ValueError, with the reason)
-        a state from another source, other options or another number of ranks/workers."""
-        subs = list(state["workers"].values()) if "workers" in state else [state]
-        for s in subs:
-            self._check(s)
-        self._pending = state
+        """Resume from ``state`` at the next ``iter()``: one worker's ``state_dict()`` (as
+        torchdata's StatefulDataLoader stores them) or a `LoaderState`'s (any worker; ``{}``
+        = from the beginning). Refuses (`InputError`, with the reason) a state from another
+        source, other options or another number of ranks, or a worker's state in another
+        worker."""
+        if not isinstance(state, dict):
+            raise InputError(f"cannot resume: not a seqpack packing state (got a {type(state).__name__})")
+        if "workers" in state:  # per-worker states: the latest one resumes them all
+            subs = [s for s in state["workers"].values() if s]
+            state = _for_any_worker(max(subs, key=_position)) if subs else {}
+        if state:
+            self._check(state)
+        self._pending = state or None
         self._live = None
 
     def fingerprint(self) -> dict:
@@ -311,12 +344,27 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
 
     def _check(self, state: dict) -> None:
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise ValueError(f"cannot resume: not a seqpack packing state of version {STATE_VERSION}")
+            raise InputError(f"cannot resume: not a seqpack packing state of version {STATE_VERSION}")
         mine, theirs = self.fingerprint(), state["fingerprint"]
         diff = [f"{k}: saved {theirs.get(k)!r}, now {v!r}" for k, v in mine.items() if theirs.get(k) != v]
         if diff:
-            raise ValueError("cannot resume from this state: it was saved for a different dataset or "
+            raise InputError("cannot resume from this state: it was saved for a different dataset or "
                              "options (" + "; ".join(diff) + ")")
+
+
+def _positive_int(value, name: str) -> int:
+    """An option that must be a whole number >= 1: floats are refused, never floored."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"PackedIterableDataset: {name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise InputError(f"PackedIterableDataset: {name} must be >= 1, got {value!r}")
+    return int(value)
+
+
+def _int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"PackedIterableDataset: {name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def _token_lists(source) -> bool:
@@ -343,12 +391,14 @@ class _Iterator:
         self.lens = np.zeros(0, np.int64)
         self.waited = np.zeros(0, np.int64)
         pos = 0
+        self.base = 0  # worker w makes the steps s with (s - base) % workers == w
         if state is not None:
-            if state["workers_total"] != workers or state["worker"] != worker:
-                raise ValueError(f"cannot resume: the state is for worker {state['worker']} of "
+            if state["worker"] is not None and (state["workers_total"] != workers or state["worker"] != worker):
+                raise InputError(f"cannot resume: the state is for worker {state['worker']} of "
                                  f"{state['workers_total']} but this is worker {worker} of {workers}; "
-                                 f"resume with the same num_workers")
+                                 f"resume with the same num_workers (or from a LoaderState)")
             self.step, self.epoch, pos = state["step"], state["epoch"], state["source_pos"]
+            self.base = int(state.get("base", 0))
             self.counters.update(state["counters"])
         self.reader = _Reader(ds, self.epoch, pos)
         if state is not None:
@@ -369,7 +419,8 @@ class _Iterator:
                 buf["labels"] = np.concatenate([p.labels if p.labels is not None else p.tokens for p in b])
         return {"version": STATE_VERSION, "fingerprint": self.ds.fingerprint(), "epoch": self.epoch,
                 "step": self.step, "source_pos": self.reader.pos, "exhausted": self.reader.exhausted,
-                "worker": self.worker, "workers_total": self.workers, "counters": dict(self.counters),
+                "worker": self.worker, "workers_total": self.workers, "base": self.base,
+                "counters": dict(self.counters),
                 "buffer": buf}
 
     def _restore(self, buf: dict) -> list[_Piece]:
@@ -408,7 +459,7 @@ class _Iterator:
             if placed is None:
                 raise StopIteration
             step = self.step - 1
-            if step % self.workers == self.worker:
+            if (step - self.base) % self.workers == self.worker:
                 batch = self._collate(placed, step)
                 if self.ds.attach_state:
                     batch.state = self.state()

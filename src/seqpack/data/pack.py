@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqpack.errors import InputError
 
 __all__ = ["pack_to_parquet", "PackSummary", "read_packed", "packed_metadata", "packed_files"]
 
@@ -74,6 +75,7 @@ class PackSummary:
     docs_per_row_mean: float = 0.0
     docs_per_row_max: int = 0
     report: str | None = None
+    cleaned: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -96,11 +98,17 @@ class PackSummary:
             f"  empty skipped: {self.empty_docs:,}",
             f"  throughput:    {self.tokens_per_second / 1e6:.2f}M tokens/s end to end ({phases})",
             f"  output:        {self.output}" + (f"\n  report:        {self.report}" if self.report else ""),
-        ])
+        ] + [f"  cleaned:       {c}" for c in self.cleaned])
 
 
 # ----------------------------------------------------------------------------------------
 # temporary files
+
+
+MARKER = ".seqpack.json"  # in a directory output: proof seqpack wrote it (hidden: datasets and pyarrow skip it)
+WORK_MARKER = "_seqpack-work.json"  # inside a work directory: whose it is (pid, host)
+REPORT_TAG = b"tEXtSoftware\x00seqpack"  # the report PNG's text chunk: proof that seqpack wrote it
+COMPRESSIONS = ("zstd", "snappy", "gzip", "brotli", "lz4", "none")  # Parquet codecs (--compression)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -113,16 +121,160 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _clean_stale(out: Path) -> None:
-    """Remove work directories that interrupted runs left beside ``out``."""
-    prefix = f".{out.name}.seqpack-tmp-"
-    for p in out.parent.glob(prefix + "*"):
+def _tree_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _clean_stale(folder: Path) -> list[str]:
+    """Remove the work directories that killed runs left in ``folder`` (for any output).
+
+    Removed only with proof: the name ``.NAME.seqpack-tmp-PID``, our work marker inside
+    it naming this host and that PID, and no live process of that PID. Returns one line
+    per directory removed (for the summary)."""
+    import socket
+
+    removed = []
+    for p in sorted(folder.glob(".*.seqpack-tmp-*")):
         try:
-            pid = int(p.name[len(prefix):])
-        except ValueError:
+            pid = int(p.name.rsplit("-", 1)[1])
+            mark = json.loads((p / WORK_MARKER).read_text())
+        except (ValueError, OSError):
+            continue  # not ours, or not provably ours: leave it
+        if (not isinstance(mark, dict) or not p.is_dir() or p.is_symlink() or mark.get("pid") != pid
+                or mark.get("host") != socket.gethostname()):
             continue
-        if pid == os.getpid() or not _pid_alive(pid):
-            shutil.rmtree(p, ignore_errors=True)
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        size = _tree_bytes(p)
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(f"{p} ({size / 1e6:,.1f} MB, left by run pid {pid}, no longer alive)")
+    return removed
+
+
+def _make_work(out: Path) -> Path:
+    import socket
+
+    work = out.parent / f".{out.name}.seqpack-tmp-{os.getpid()}"
+    work.mkdir()
+    (work / WORK_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                 "output": str(out)}))
+    return work
+
+
+def _report_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".report.png")
+
+
+def _is_our_report(p: Path) -> bool:
+    with open(p, "rb") as f:
+        return REPORT_TAG in f.read(4096)
+
+
+def _is_our_parquet(p: Path) -> bool:
+    """A complete Parquet file (its footer reads) whose metadata says seqpack wrote it."""
+    import pyarrow.parquet as pq
+
+    try:
+        md = pq.read_schema(p).metadata or {}
+        return "format" in json.loads(md.get(b"seqpack", b"{}"))
+    except Exception:  # unreadable footer, not Parquet, not JSON: not provably ours
+        return False
+
+
+def _existing_output_problem(out: Path, force: bool) -> str | None:
+    """Why ``out`` may not be replaced (None: absent, or a seqpack output we may replace).
+
+    A directory output is ours when it holds our marker and nothing but the files the
+    marker lists; a file output when it is Parquet with our ``seqpack`` metadata.
+    ``force`` also replaces our directory output with listed shards missing (incomplete).
+    """
+    if not os.path.lexists(out):
+        return None
+    fix = "choose another -o, or remove it yourself"
+    if out.is_symlink():
+        return f"output {out} is a symbolic link; {fix}"
+    if out.is_dir():
+        try:
+            mark = json.loads((out / MARKER).read_text())
+            listed = set(mark["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return (f"output {out} is an existing directory that seqpack did not write (no valid "
+                    f"{MARKER}); {fix}")
+        present = set(os.listdir(out)) - {MARKER}
+        extra = sorted(present - listed)
+        if extra:
+            more = f" (+{len(extra) - 3} more)" if len(extra) > 3 else ""
+            return (f"output {out} holds files seqpack did not write ({', '.join(extra[:3])}{more}); "
+                    f"{fix}")
+        missing = sorted(listed - present)
+        if missing and not force:
+            return (f"output {out} is an incomplete seqpack output ({missing[0]} is missing); pass "
+                    f"--force (force=True) to replace it, or {fix}")
+        return None
+    if out.is_file() and out.suffix == ".parquet" and _is_our_parquet(out):
+        return None
+    what = "a file" if out.is_file() else "not a regular file or directory"
+    return f"output {out} exists and is {what} that seqpack did not write; {fix}"
+
+
+def _input_paths(inputs, source) -> list[Path]:
+    """Every file and directory the input names (resolved), for the output-overlap check."""
+    specs = [inputs] if isinstance(inputs, (str, Path)) else (
+        list(inputs) if isinstance(inputs, (list, tuple)) and all(isinstance(x, (str, Path)) for x in inputs)
+        else [])
+    paths = [Path(p) for p in getattr(source, "paths", [])]
+    paths += [Path(s) for s in specs if os.path.isdir(s)]
+    return [p.expanduser().resolve() for p in paths]
+
+
+def _check_output(out: Path, inputs, source, report: bool, force: bool) -> None:
+    """Refuse, before any work, an output that would overwrite or sit on top of the input or
+    of anything seqpack did not write."""
+    if out.suffix == ".parquet" and out.is_dir() and not (out / MARKER).exists():
+        raise InputError(f"output {out} is a directory; give a file name such as packed.parquet "
+                         f"or a directory name without .parquet")
+    for p in _input_paths(inputs, source):
+        if out == p:
+            raise InputError(f"output {out} is the input itself; choose another -o")
+        if out in p.parents:
+            raise InputError(f"output {out} contains the input {p}; choose another -o")
+        if p in out.parents:
+            raise InputError(f"output {out} is inside the input directory {p}; choose an -o outside it")
+    problem = _existing_output_problem(out, force)
+    if problem:
+        raise InputError(problem)
+    rep = _report_path(out)
+    if report and os.path.lexists(rep) and (rep.is_symlink() or not rep.is_file() or not _is_our_report(rep)):
+        raise InputError(f"report {rep} exists and seqpack did not write it; choose another -o, pass "
+                         f"--no-report (report=False), or remove it yourself")
+
+
+def _check_compression(compression: str) -> str:
+    import pyarrow as pa
+
+    c = str(compression).lower()
+    if c not in COMPRESSIONS or (c != "none" and not pa.Codec.is_available(c)):
+        ok = [x for x in COMPRESSIONS if x == "none" or pa.Codec.is_available(x)]
+        raise InputError(f"unknown Parquet compression {compression!r}: use one of {', '.join(ok)}")
+    return c
+
+
+def _id_dtype(max_id: int) -> np.dtype:
+    """The narrowest dtype that keeps ids up to ``max_id``: uint16, int32 or int64."""
+    return np.dtype(np.uint16 if max_id < 2**16 else np.int32 if max_id < 2**31 else np.int64)
+
+
+def _rewrite(path: Path, old: np.dtype, new: np.dtype) -> None:
+    """Widen a flat file of ``old`` values to ``new`` in place (through a temporary file)."""
+    tmp = path.with_suffix(".narrow")
+    os.replace(path, tmp)
+    with open(tmp, "rb") as src, open(path, "wb") as dst:
+        while True:
+            block = np.fromfile(src, old, 1 << 24)
+            if not block.size:
+                break
+            dst.write(block.astype(new).tobytes())
+    tmp.unlink()
 
 
 class _Spill:
@@ -130,48 +282,56 @@ class _Spill:
 
     Every input is spilled during the scan, pre-tokenized Parquet included: reading the flat
     file back costs a fraction of decoding Parquet (or tokenizing) a second time. Tokens are
-    stored as uint16 while every id fits, else int32 (the file is widened once if needed).
+    stored as uint16 while every id fits, else int32, else int64; labels as int32 unless a
+    label needs int64. A file is widened (rewritten once) when a wider id first appears, so
+    no id ever wraps.
     """
 
     def __init__(self, work: Path):
         self.tok_path, self.lab_path = work / "spill-tokens.bin", work / "spill-labels.bin"
         self.tok = open(self.tok_path, "wb")
         self.dtype = np.dtype(np.uint16)
+        self.lab_dtype = np.dtype(np.int32)
         self.lab = None
         self.n = 0
 
-    def _widen(self) -> None:
+    def _widen_tokens(self, dtype: np.dtype) -> None:
         self.tok.close()
-        old = self.tok_path.with_suffix(".u16")
-        os.replace(self.tok_path, old)
-        with open(old, "rb") as src, open(self.tok_path, "wb") as dst:
-            while True:
-                block = np.fromfile(src, np.uint16, 1 << 24)
-                if not block.size:
-                    break
-                dst.write(block.astype(np.int32).tobytes())
-        old.unlink()
+        _rewrite(self.tok_path, self.dtype, dtype)
         self.tok = open(self.tok_path, "ab")
-        self.dtype = np.dtype(np.int32)
+        self.dtype = dtype
+
+    def _widen_labels(self) -> None:
+        self.lab.close()
+        _rewrite(self.lab_path, self.lab_dtype, np.dtype(np.int64))
+        self.lab = open(self.lab_path, "ab")
+        self.lab_dtype = np.dtype(np.int64)
 
     def add(self, chunk) -> None:
         tokens = chunk.tokens
-        if self.dtype == np.uint16 and tokens.size and int(tokens.max()) >= 2**16:
-            self._widen()
+        if tokens.size and tokens.dtype != self.dtype:
+            need = _id_dtype(int(tokens.max()))
+            if need.itemsize > self.dtype.itemsize:
+                self._widen_tokens(need)
         self.tok.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
         if chunk.labels is not None and self.lab is None:
             self.lab = open(self.lab_path, "wb")
             if self.n:  # earlier chunks had no labels: their labels are their tokens
                 self.tok.flush()
+                if self.dtype == np.int64:
+                    self.lab_dtype = np.dtype(np.int64)
                 with open(self.tok_path, "rb") as f:
                     while True:
                         block = np.fromfile(f, self.dtype, 1 << 24)
                         if not block.size:
                             break
-                        self.lab.write(block.astype(np.int32).tobytes())
+                        self.lab.write(block.astype(self.lab_dtype).tobytes())
         if self.lab is not None:
             lab = chunk.labels if chunk.labels is not None else tokens
-            self.lab.write(np.ascontiguousarray(lab, dtype=np.int32).tobytes())
+            if (self.lab_dtype == np.int32 and lab.size and lab.dtype.itemsize > 4
+                    and (int(lab.max()) >= 2**31 or int(lab.min()) < -2**31)):
+                self._widen_labels()
+            self.lab.write(np.ascontiguousarray(lab, dtype=self.lab_dtype).tobytes())
         self.n += int(tokens.size)
 
     def close(self):
@@ -192,7 +352,7 @@ class _Spill:
             for d0, d1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
                 a, b = int(offsets[d0]), int(offsets[d1])
                 tok = np.fromfile(ft, self.dtype, b - a)
-                lab = np.fromfile(fl, np.int32, b - a) if self.lab else None
+                lab = np.fromfile(fl, self.lab_dtype, b - a) if self.lab else None
                 yield DocChunk(tok, offsets[d0:d1 + 1] - a, lab, None, d0)
 
 
@@ -239,13 +399,19 @@ def pack_to_parquet(inputs, output, *, capacity: int, strategy: str = "bfd", ove
                     column: str | None = None, tokenizer=None, mask_prompt: bool = True,
                     report: bool = True, report_rows: int = 32, progress: bool = True,
                     compression: str = "zstd", group_tokens: int = GROUP_TOKENS,
-                    verbose: bool = True) -> PackSummary:
+                    verbose: bool = True, force: bool = False) -> PackSummary:
     """Pack every document of ``inputs`` into rows of ``capacity`` tokens, written to ``output``.
 
     Args:
         inputs: anything `seqpack.data.sources.open_source` accepts (paths, datasets,
             iterables, ``"chitchat"``).
-        output: the Parquet file to write (replaced atomically when complete).
+        output: the Parquet file (``*.parquet``) or directory of shards (any other name) to
+            write, renamed into place when complete. An existing ``output`` is replaced only
+            when it is a complete earlier seqpack output (a Parquet file with seqpack
+            metadata; a directory holding our ``.seqpack.json`` and only the files it lists);
+            anything else there, an output that is, contains or sits inside an input, is
+            refused with `InputError` before any work. ``force`` also replaces an
+            incomplete seqpack directory output (a listed shard missing), never anything else.
         capacity, strategy, overflow, max_docs_per_bin, seed: as in `seqpack.plan_packing`.
             With ``overflow="split"``, chats are cut between turns where a cut fits.
         label_shift: ``"model"`` (labels aligned with input_ids, the first token of every
@@ -254,29 +420,41 @@ def pack_to_parquet(inputs, output, *, capacity: int, strategy: str = "bfd", ove
         column, tokenizer, mask_prompt: how rows become documents (see `open_source`).
         report: also write ``<output stem>.report.png`` (lengths, docs per row, first rows).
         progress: tqdm bars on stderr for the long phases.
+        compression: Parquet codec, one of zstd, snappy, gzip, brotli, lz4, none.
 
-    Returns a `PackSummary`; prints its text when ``verbose``.
+    Work directories that killed runs left beside any output in the same folder are
+    removed first (see `_clean_stale`); ``summary.cleaned`` lists them.
+
+    Returns a `PackSummary`; prints its text when ``verbose``. Raises `InputError` for bad
+    input (with file, row or line, column) and for an input with nothing to pack (no
+    document, all empty, or all dropped).
     """
     from seqpack.data.sources import open_source
     from seqpack.plan import plan_packing
 
     if label_shift not in ("model", "collator"):
-        raise ValueError(f"label_shift must be 'model' or 'collator'; got {label_shift!r}")
+        raise InputError(f"label_shift must be 'model' or 'collator'; got {label_shift!r}")
+    compression = _check_compression(compression)
     source = open_source(inputs, column=column, tokenizer=tokenizer, mask_prompt=mask_prompt)
     out = Path(output).expanduser().resolve()
-    if out.is_dir() and out.suffix == ".parquet":
-        raise ValueError(f"output {str(out)!r} is a directory; give a file name such as packed.parquet "
-                         f"or a directory name without .parquet")
+    _check_output(out, inputs, source, report, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(out)
-    work = out.parent / f".{out.name}.seqpack-tmp-{os.getpid()}"
-    work.mkdir()
     summary = PackSummary(str(out), int(capacity), strategy, overflow)
+    summary.cleaned = _clean_stale(out.parent)
+    if verbose:
+        for line in summary.cleaned:
+            print(f"seqpack pack: removed the work directory {line}", file=sys.stderr)
+    work = _make_work(out)
     try:
         _run(source, out, work, summary, plan_packing, capacity=capacity, strategy=strategy,
              overflow=overflow, max_docs_per_bin=max_docs_per_bin, seed=seed, label_shift=label_shift,
              report=report, report_rows=report_rows, progress=progress, compression=compression,
-             group_tokens=group_tokens)
+             group_tokens=group_tokens, force=force)
+    except OSError as e:
+        if e.filename is None:  # a full disk names no file: say where we were writing
+            raise OSError(e.errno, f"{e.strerror or e} while writing {out} (work files in {work}); "
+                                   f"free space there or choose another -o") from e
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if verbose:
@@ -285,7 +463,7 @@ def pack_to_parquet(inputs, output, *, capacity: int, strategy: str = "bfd", ove
 
 
 def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overflow, max_docs_per_bin,
-         seed, label_shift, report, report_rows, progress, compression, group_tokens):
+         seed, label_shift, report, report_rows, progress, compression, group_tokens, force):
     from seqpack.data import _kernels as K
     from seqpack.data.tokenize import split_points
 
@@ -295,14 +473,10 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
     total = source.num_rows() if hasattr(source, "num_rows") else (
         len(source.docs) if hasattr(source, "docs") else None)
     lengths_parts, cut_docs, cut_starts = [], [], []
-    max_id, has_labels = 0, False
     with _progress(progress, total=total, unit=" docs", unit_scale=True, desc="scan") as bar:
         for chunk in source.chunks():
             lens = chunk.lengths
             lengths_parts.append(lens)
-            if chunk.tokens.size:
-                max_id = max(max_id, int(chunk.tokens.max()))
-            has_labels |= chunk.labels is not None
             if overflow == "split" and chunk.turns is not None:
                 for j in np.flatnonzero(lens > capacity).tolist():
                     cuts = split_points(int(lens[j]), chunk.turns[j], capacity)
@@ -316,6 +490,9 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
     del lengths_parts
     summary.documents, summary.input_tokens = int(lengths.size), int(lengths.sum())
     summary.seconds["scan"] = time.perf_counter() - t0
+    if summary.input_tokens == 0:
+        what = "holds no documents" if not lengths.size else f"holds {lengths.size:,} documents, all empty"
+        raise InputError(f"{source.name} {what}: nothing to pack (is it the right file and column?)")
 
     # ---- 2. plan
     t0 = time.perf_counter()
@@ -340,6 +517,10 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
     summary.dropped_tokens = int(plan.dropped_tokens)
     summary.placed_tokens, summary.rows, summary.pieces = int(plan.placed_tokens), int(plan.num_bins), int(plan.num_pieces)
     summary.fill = float(plan.efficiency)
+    if summary.placed_tokens == 0:
+        raise InputError(f"{source.name}: every document was dropped (longer than capacity "
+                         f"{capacity:,} with overflow='drop'): nothing to pack; raise --capacity or "
+                         f"pass --overflow split or truncate")
     per_row = plan.docs_per_bin()
     summary.docs_per_row_mean = float(per_row.mean()) if per_row.size else 0.0
     summary.docs_per_row_max = int(per_row.max()) if per_row.size else 0
@@ -378,7 +559,7 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
 
     # ---- 3. scatter: every piece to its group's region of the bucket file
     t0 = time.perf_counter()
-    tok_dtype = spill.dtype
+    tok_dtype, lab_dtype = spill.dtype, spill.lab_dtype
     placed = int(gpos[-1])
     tok_path, lab_path = work / "bucket-tokens.bin", work / "bucket-labels.bin"
     fds = [os.open(tok_path, os.O_RDWR | os.O_CREAT, 0o600)]
@@ -404,7 +585,7 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
                 arrays = [chunk.tokens.astype(tok_dtype, copy=False)]
                 if has_labels:
                     lab = chunk.labels if chunk.labels is not None else chunk.tokens
-                    arrays.append(lab.astype(np.int32, copy=False))
+                    arrays.append(lab.astype(lab_dtype, copy=False))
                 for fd, arr in zip(fds, arrays):
                     buf = np.empty(int(run_tok[-1]), arr.dtype)
                     K.gather(arr, src, lens, buf)
@@ -427,7 +608,7 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
         "max_docs_per_bin": max_docs_per_bin, "seed": seed, "label_shift": label_shift,
         "source": source.name if not os.path.isabs(source.name) else os.path.basename(source.name),
         "counts": {k: v for k, v in asdict(summary).items()
-                   if k not in ("output", "seconds", "report", "capacity", "strategy", "overflow")},
+                   if k not in ("output", "seconds", "report", "cleaned", "capacity", "strategy", "overflow")},
     }
     as_dir = out.suffix != ".parquet"
     num_shards = max(2, -(-placed // SHARD_TOKENS)) if as_dir else 1
@@ -438,9 +619,15 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
         targets = [tmp_out / f"part-{k:05d}-of-{num_shards:05d}.parquet" for k in range(num_shards)]
     else:
         targets = [tmp_out]
-    _write_rows(targets, tok_path, lab_path if has_labels else None, tok_dtype, bin_offsets, nbins,
+    _write_rows(targets, tok_path, lab_path if has_labels else None, tok_dtype, lab_dtype, bin_offsets, nbins,
                 len_b, gpos, bin_tok, bpos_b, p_doc, p_start, rows_per_group, rows_per_rg, num_groups,
                 label_shift, compression, meta, progress)
+    if as_dir:  # the marker that lets a later run recognise (and replace) this directory
+        from seqpack import __version__
+
+        (tmp_out / MARKER).write_text(json.dumps(
+            {"format": FORMAT_VERSION, "written_by": f"seqpack {__version__} pack", "rows": nbins,
+             "files": [t.name for t in targets]}, indent=1, sort_keys=True) + "\n")
     summary.seconds["write"] = time.perf_counter() - t0
     assert placed == summary.placed_tokens
 
@@ -449,20 +636,27 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
         t0 = time.perf_counter()
         from seqpack.data.report import write_report
 
-        rep = out.with_name(out.stem + ".report.png")
+        rep = _report_path(out)
         tmp_rep = work / "report.png"
         write_report(tmp_rep, lengths, np.diff(bin_offsets), len_b, bin_offsets, capacity,
                      rows=report_rows, title=f"{meta['source']}: {summary.documents:,} docs -> "
                      f"{summary.rows:,} rows of {capacity:,} ({strategy}), fill {100 * summary.fill:.2f}%")
+        if os.path.lexists(rep) and (rep.is_symlink() or not rep.is_file() or not _is_our_report(rep)):
+            raise InputError(f"report {rep} appeared during the run and seqpack did not write it; "
+                             f"nothing was replaced")
         os.replace(tmp_rep, rep)
         summary.report = str(rep)
         summary.seconds["report"] = time.perf_counter() - t0
-    if out.exists():  # move the old output aside (it goes with the work directory)
+    # checked again: something may have appeared at the output while we worked
+    problem = _existing_output_problem(out, force)
+    if problem:
+        raise InputError(f"{problem} (it appeared during the run; nothing was replaced)")
+    if os.path.lexists(out):  # move the old output aside (it goes with the work directory)
         os.replace(out, work / "replaced")
     os.replace(tmp_out, out)
 
 
-def _write_rows(targets, tok_path, lab_path, tok_dtype, bin_offsets, nbins, len_b, gpos, bin_tok, bpos_b,
+def _write_rows(targets, tok_path, lab_path, tok_dtype, lab_dtype, bin_offsets, nbins, len_b, gpos, bin_tok, bpos_b,
                 p_doc, p_start, rows_per_group, rows_per_rg, num_groups, label_shift, compression, meta,
                 progress):
     import pyarrow as pa
@@ -471,7 +665,11 @@ def _write_rows(targets, tok_path, lab_path, tok_dtype, bin_offsets, nbins, len_
     from seqpack.data import _kernels as K
 
     i32, lst = pa.int32(), pa.list_
-    schema = pa.schema([("input_ids", lst(i32)), ("labels", lst(i32)), ("doc_lengths", lst(i32)),
+    # ids are int32 unless one needs int64 (an id or label of 2**31 or more keeps its value)
+    wide = np.dtype(tok_dtype) == np.int64 or (lab_path is not None and np.dtype(lab_dtype) == np.int64)
+    id_dtype = np.dtype(np.int64 if wide else np.int32)
+    ids = pa.from_numpy_dtype(id_dtype)
+    schema = pa.schema([("input_ids", lst(ids)), ("labels", lst(ids)), ("doc_lengths", lst(i32)),
                         ("doc_ids", lst(pa.int64())), ("doc_starts", lst(i32))],
                        metadata={"seqpack": json.dumps(meta, sort_keys=True)})
     itemsize = np.dtype(tok_dtype).itemsize
@@ -486,12 +684,12 @@ def _write_rows(targets, tok_path, lab_path, tok_dtype, bin_offsets, nbins, len_
         ft.seek(t0 * itemsize)
         region = np.fromfile(ft, tok_dtype, t1 - t0)
         starts, lens = bpos_b[q0:q1] - t0, len_b[q0:q1]
-        tokens = np.empty(t1 - t0, np.int32)
+        tokens = np.empty(t1 - t0, id_dtype)
         K.gather(region, starts, lens, tokens)
         if fl is not None:
-            fl.seek(t0 * 4)
-            region = np.fromfile(fl, np.int32, t1 - t0)
-            src = np.empty(t1 - t0, np.int32)
+            fl.seek(t0 * np.dtype(lab_dtype).itemsize)
+            region = np.fromfile(fl, lab_dtype, t1 - t0)
+            src = np.empty(t1 - t0, id_dtype)
             K.gather(region, starts, lens, src)
         else:
             src = tokens

@@ -1,7 +1,8 @@
 """The PNG report of a packing run: length histogram, documents per row, the first rows drawn.
 
 Rendered with matplotlib's Agg backend and no timestamp in the PNG metadata, so the same
-run gives the same bytes.
+run gives the same bytes; the PNG's ``Software`` text is ``seqpack``, which is how a later
+run knows the file is its own to replace.
 """
 
 from __future__ import annotations
@@ -66,4 +67,6 @@ def write_report(path, lengths: np.ndarray, docs_per_row: np.ndarray, piece_leng
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None})
+    # "Software: seqpack" marks the file as ours (a later run may replace it); no version or
+    # date, so the same run gives the same bytes
+    fig.savefig(path, format="png", metadata={"Software": "seqpack"})

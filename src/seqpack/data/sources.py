@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seqpack.errors import InputError
+
 
 __all__ = ["DocChunk", "Source", "ParquetSource", "JsonlSource", "HFSource", "IterableSource",
            "DocumentsSource", "open_source"]
@@ -49,8 +51,8 @@ CHUNK_ROWS = 16384  # rows per chunk: big enough to amortise Python, small enoug
 class DocChunk:
     """Documents ``first .. first + n - 1`` of a source, stored flat.
 
-    tokens: integer ids (any integer dtype); offsets: int64 ``(n + 1,)``; labels: int32 or
-    None (None = the tokens themselves); turns: per-document int64 arrays of turn starts
+    tokens: integer ids in [0, 2**63) (any integer dtype); offsets: int64 ``(n + 1,)``;
+    labels: int32 (int64 when a value needs it) or None (None = the tokens themselves); turns: per-document int64 arrays of turn starts
     (chats only) or None.
     """
 
@@ -93,30 +95,87 @@ def _flat(arrays: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _bad_element(x, name: str) -> str:
+    """What is wrong with the first non-integer or out-of-range element of a list ("" if none)."""
+    for k, v in enumerate(x):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            shown = "null" if v is None else repr(v)
+            return f"{name} must be a flat list of integer token ids; {name}[{k}] is {shown} ({type(v).__name__})"
+        if not -2**63 <= int(v) <= INT64_MAX:
+            return (f"{name}[{k}] = {int(v)} does not fit a signed 64-bit integer; token ids must "
+                    f"be below 2**63")
+    return ""
+
+
 def _as_token_array(x, where: str, name: str = "input_ids") -> np.ndarray:
     if x is None:
-        raise ValueError(f"{where}: {name} is null; expected a list of integer token ids")
+        raise InputError(f"{where}: {name} is null; expected a list of integer token ids")
     if isinstance(x, (str, bytes)):
-        raise ValueError(f"{where}: {name} is a string; expected a list of integer token ids "
+        raise InputError(f"{where}: {name} is a string; expected a list of integer token ids "
                          f"(pass column='text' and a tokenizer for raw text)")
     try:
         a = np.asarray(x)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: {name} is not a flat list of integers ({e})") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InputError(f"{where}: {name} is not a flat list of integers ({e})") from None
     if a.size == 0:
         return np.zeros(0, np.int64)
+    if a.ndim == 1 and a.dtype.kind in "OfUSb" and isinstance(x, (list, tuple)):
+        # mixed values: name the first bad one (a null, a float, a string, an id beyond int64)
+        bad = _bad_element(x, name)
+        if bad:
+            raise InputError(f"{where}: {bad}")
+        a = np.asarray(x, dtype=np.int64)
     if a.ndim != 1 or a.dtype.kind not in "iu":
         what = f"dtype {a.dtype}" if a.ndim == 1 else f"shape {a.shape}"
-        raise ValueError(f"{where}: {name} must be a flat list of integer token ids; got {what}")
-    return a
+        raise InputError(f"{where}: {name} must be a flat list of integer token ids; got {what}")
+    if a.dtype == np.uint64 and a.max() > INT64_MAX:
+        k = int(np.flatnonzero(a > INT64_MAX)[0])
+        raise InputError(f"{where}: {name}[{k}] = {int(a[k])} does not fit a signed 64-bit integer; "
+                         f"token ids must be below 2**63")
+    return a.astype(np.int64) if a.dtype == np.uint64 else a
 
 
-def _check_ids(tokens: np.ndarray, offsets: np.ndarray, where) -> None:
-    """Refuse negative token ids, naming the first offending row."""
-    if tokens.size and tokens.dtype.kind == "i" and tokens.min() < 0:
-        pos = int(np.flatnonzero(tokens < 0)[0])
-        row = int(np.searchsorted(offsets, pos, side="right") - 1)
-        raise ValueError(f"{where(row)}: input_ids holds a negative token id {int(tokens[pos])}")
+def _check_ids(tokens: np.ndarray, offsets: np.ndarray, where, name: str = "input_ids",
+               allowed: int | None = None) -> np.ndarray:
+    """Refuse ids outside [0, 2**63) (``allowed`` is one more legal value, -100 for labels),
+    naming the row and the position in it. Returns the ids as a signed or uint16/32 array."""
+    if not tokens.size:
+        return tokens
+    if tokens.dtype == np.uint64:
+        if tokens.max() > INT64_MAX:
+            pos = int(np.flatnonzero(tokens > INT64_MAX)[0])
+            row = int(np.searchsorted(offsets, pos, side="right") - 1)
+            raise InputError(f"{where(row)}: {name}[{pos - int(offsets[row])}] = {int(tokens[pos])} does "
+                             f"not fit a signed 64-bit integer; token ids must be below 2**63")
+        return tokens.astype(np.int64)
+    if tokens.dtype.kind == "i" and tokens.min() < 0:
+        bad = tokens < 0 if allowed is None else (tokens < 0) & (tokens != allowed)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            row = int(np.searchsorted(offsets, pos, side="right") - 1)
+            legal = "" if allowed is None else f" (the only negative value allowed is {allowed})"
+            raise InputError(f"{where(row)}: {name}[{pos - int(offsets[row])}] is a negative id "
+                             f"{int(tokens[pos])}{legal}")
+    return tokens
+
+
+def _first_null(values, offsets: np.ndarray) -> tuple[int, int]:
+    """(row, position in the row) of the first null among a list column's values."""
+    pos = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
+    row = int(np.searchsorted(offsets, pos, side="right") - 1)
+    return row, pos - int(offsets[row])
+
+
+def _narrow_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels as int32 where every value fits, else int64 (ids of 2**31 and above keep their value)."""
+    if labels.dtype == np.int32:
+        return labels
+    if labels.size and (labels.max() >= 2**31 or labels.min() < -2**31):
+        return labels.astype(np.int64, copy=False)
+    return labels.astype(np.int32, copy=False)
 
 
 class _RowReader:
@@ -130,6 +189,16 @@ class _RowReader:
         self.mode = None  # "tokens" | "text" | "messages"
         self.labels_column = None
         self._encoder = None
+        # the options as given, before the first rows resolve the column and mode
+        self.requested = (column, tokenizer, mask_prompt, add_eos)
+
+    def options(self) -> str:
+        """The options as the caller gave them, for resume checks: unlike `describe`, the
+        same before and after reading (the data is identified separately)."""
+        column, tok, mask, eos = self.requested
+        if tok is not None and not isinstance(tok, (str, os.PathLike)):
+            tok = getattr(tok, "name", type(tok).__name__)
+        return f"column={column} tokenizer={tok} mask_prompt={mask} add_eos={eos}"
 
     @property
     def encoder(self):
@@ -152,12 +221,12 @@ class _RowReader:
             return
         if self.column is not None:
             if self.column not in names:
-                raise ValueError(f"{where}: no column {self.column!r} (columns: {', '.join(names) or 'none'})")
+                raise InputError(f"{where}: no column {self.column!r} (columns: {', '.join(names) or 'none'})")
             col = self.column
         else:
             col = next((c for c in ("input_ids", "messages", "text") if c in names), None)
             if col is None:
-                raise ValueError(f"{where}: none of the columns input_ids, messages or text is present "
+                raise InputError(f"{where}: none of the columns input_ids, messages or text is present "
                                  f"(columns: {', '.join(names) or 'none'}); name the column with "
                                  f"column= / --column")
         self.column = col
@@ -179,17 +248,21 @@ class _RowReader:
             elif pa.types.is_struct(v):
                 self.mode = "messages"
             else:
-                raise ValueError(f"{where}: column {self.column!r} has type {t}; expected a list of "
+                raise InputError(f"{where}: column {self.column!r} has type {t}; expected a list of "
                                  f"integers (token ids) or a list of {{role, content}} messages")
         elif pa.types.is_string(t) or pa.types.is_large_string(t):
+            if self.column == "input_ids":
+                raise InputError(f"{where}: column 'input_ids' holds strings ({t}); token ids must be "
+                                 f"lists of integers. For raw text, name the text column (--column / "
+                                 f"column=) or call it 'text'")
             self.mode = "text"
         else:
-            raise ValueError(f"{where}: column {self.column!r} has type {t}; expected list<int> "
+            raise InputError(f"{where}: column {self.column!r} has type {t}; expected list<int> "
                              f"(token ids), string (text) or list<struct> (chat messages)")
         if self.labels_column is not None:
             lt = schema.field(self.labels_column).type
             if not ((pa.types.is_list(lt) or pa.types.is_large_list(lt)) and pa.types.is_integer(lt.value_type)):
-                raise ValueError(f"{where}: column 'labels' has type {lt}; expected a list of integers")
+                raise InputError(f"{where}: column 'labels' has type {lt}; expected a list of integers")
 
     def detect_value(self, value, where: str) -> None:
         if self.mode is not None and self.mode != "auto":
@@ -217,26 +290,39 @@ class _RowReader:
             col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         if self.mode != "tokens":
             return self.from_values(col.to_pylist(), None, where_row, first)
-        if col.null_count:
-            j = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-            raise ValueError(f"{where_row(j)}: {self.column} is null; expected a list of token ids")
-        tokens, offsets = _list_arrays(col)
-        _check_ids(tokens, offsets, where_row)
+        tokens, offsets = self._id_lists(col, self.column, where_row)
+        tokens = _check_ids(tokens, offsets, where_row, self.column)
         labels = None
         if self.labels_column is not None:
             lcol = table.column(self.labels_column)
             if isinstance(lcol, pa.ChunkedArray):
                 lcol = lcol.combine_chunks() if lcol.num_chunks != 1 else lcol.chunk(0)
-            if lcol.null_count:
-                j = int(np.flatnonzero(lcol.is_null().to_numpy(zero_copy_only=False))[0])
-                raise ValueError(f"{where_row(j)}: labels is null")
-            labels, loffsets = _list_arrays(lcol)
+            labels, loffsets = self._id_lists(lcol, self.labels_column, where_row)
             if not np.array_equal(loffsets, offsets):
                 j = int(np.flatnonzero(np.diff(loffsets) != np.diff(offsets))[0])
-                raise ValueError(f"{where_row(j)}: labels has {loffsets[j + 1] - loffsets[j]} entries "
+                raise InputError(f"{where_row(j)}: labels has {loffsets[j + 1] - loffsets[j]} entries "
                                  f"but input_ids has {offsets[j + 1] - offsets[j]}")
-            labels = labels.astype(np.int32, copy=False)
+            labels = _narrow_labels(_check_ids(labels, offsets, where_row, "labels", allowed=-100))
         return DocChunk(tokens, offsets, labels, None, first)
+
+    @staticmethod
+    def _id_lists(col, name: str, where_row) -> tuple[np.ndarray, np.ndarray]:
+        """A list<int> Arrow column -> (values, offsets), refusing nulls and other types."""
+        import pyarrow as pa
+
+        t = col.type
+        if not ((pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)):
+            raise InputError(f"{where_row(0)}: column {name!r} has type {t}; expected a list of "
+                             f"integer token ids")
+        if col.null_count:
+            j = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputError(f"{where_row(j)}, column {name!r}: the list is null; expected a list of "
+                             f"integers")
+        try:
+            return _list_arrays(col)
+        except _NullInList as e:
+            raise InputError(f"{where_row(e.row)}, column {name!r}: element {e.index} is null; token "
+                             f"ids must be integers") from None
 
     def from_values(self, values: list, labels: list | None, where_row, first: int) -> DocChunk:
         """Python values of the column (token lists, strings or message lists) -> DocChunk."""
@@ -251,15 +337,16 @@ class _RowReader:
                 larr = [_as_token_array(v, where_row(j), "labels") for j, v in enumerate(labels)]
                 for j, (a, b) in enumerate(zip(arrays, larr)):
                     if a.size != b.size:
-                        raise ValueError(f"{where_row(j)}: labels has {b.size} entries but input_ids "
+                        raise InputError(f"{where_row(j)}: labels has {b.size} entries but input_ids "
                                          f"has {a.size}")
-                lab, _ = _flat(larr, np.int32)
+                lab, _ = _flat(larr, np.int64)
+                lab = _narrow_labels(_check_ids(lab, offsets, where_row, "labels", allowed=-100))
             return DocChunk(_narrow(tokens), offsets, lab, None, first)
         enc = self.encoder
         if self.mode == "text":
             for j, v in enumerate(values):
                 if not isinstance(v, str):
-                    raise ValueError(f"{where_row(j)}: {self.column} is {type(v).__name__}, expected a string")
+                    raise InputError(f"{where_row(j)}: {self.column} is {type(v).__name__}, expected a string")
             ids = enc.encode_batch(values)
             if self.add_eos and enc.eos_id is not None:
                 eos = np.array([enc.eos_id], np.int32)
@@ -288,11 +375,22 @@ def _list_arrays(col) -> tuple[np.ndarray, np.ndarray]:
     a, b = int(offs[0]), int(offs[-1])
     if a or b != len(vals):
         vals = vals.slice(a, b - a)
-    values = vals.to_numpy(zero_copy_only=False)
     offsets = offs.astype(np.int64)
     if a:
         offsets = offsets - a
+    if vals.null_count:
+        j = int(np.flatnonzero(vals.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _NullInList(j, offsets)
+    values = vals.to_numpy(zero_copy_only=False)
     return values, offsets
+
+
+class _NullInList(Exception):
+    """A null element inside a list column (position in the flat values)."""
+
+    def __init__(self, pos: int, offsets: np.ndarray):
+        self.row = int(np.searchsorted(offsets, pos, side="right") - 1)
+        self.index = pos - int(offsets[self.row])
 
 
 # ----------------------------------------------------------------------------------------
@@ -329,7 +427,7 @@ class DocumentsSource(Source):
             j = min(n, i + self.chunk_docs)
             a, b = int(d.offsets[i]), int(d.offsets[j])
             yield DocChunk(d.tokens[a:b], d.offsets[i:j + 1] - a,
-                           None if d.labels is None else d.labels[a:b].astype(np.int32, copy=False),
+                           None if d.labels is None else _narrow_labels(d.labels[a:b]),
                            None, i)
 
     def fingerprint(self) -> str:
@@ -386,18 +484,18 @@ class IterableSource(Source):
             for j, row in enumerate(rows):
                 if not isinstance(row, dict) or r.column not in row:
                     keys = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-                    raise ValueError(f"{where(j)}: no {r.column!r} field (has: {keys})")
+                    raise InputError(f"{where(j)}: no {r.column!r} field (has: {keys})")
                 values.append(row[r.column])
                 if labels is not None:
                     if "labels" not in row:
-                        raise ValueError(f"{where(j)}: no 'labels' field while earlier rows have one")
+                        raise InputError(f"{where(j)}: no 'labels' field while earlier rows have one")
                     labels.append(row["labels"])
             return r.from_values(values, labels, where, first)
         return r.from_values(rows, None, where, first)
 
     def fingerprint(self) -> str:
         n = len(self.items) if hasattr(self.items, "__len__") else "?"
-        return f"{self.name}:{n}:{self.reader.column}:{self.reader.mask_prompt}"
+        return f"{self.name}:{n}:{self.reader.options()}"
 
 
 def _parquet_where(path: str, row: int) -> str:
@@ -411,7 +509,7 @@ class ParquetSource(Source):
                  batch_rows: int = CHUNK_ROWS):
         self.paths = [str(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
         if not self.paths:
-            raise ValueError("no Parquet files given")
+            raise InputError("no Parquet files given")
         self.reader = _RowReader(column, tokenizer, mask_prompt, add_eos)
         self.batch_rows = batch_rows
         self.name = self.paths[0] if len(self.paths) == 1 else f"{self.paths[0]} (+{len(self.paths) - 1} files)"
@@ -426,7 +524,7 @@ class ParquetSource(Source):
             # streamed page reads: far less memory than pre-buffering whole row groups
             return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
         except Exception as e:
-            raise ValueError(f"{path}: not a readable Parquet file, it may be truncated or corrupt "
+            raise InputError(f"{path}: not a readable Parquet file, it may be truncated or corrupt "
                              f"({type(e).__name__}: {e})") from None
 
     def _peek(self):
@@ -469,7 +567,7 @@ class ParquetSource(Source):
                     break
                 except Exception as e:
                     group = int(np.searchsorted(np.cumsum(groups), row - doc, side="right"))
-                    raise ValueError(f"{path}: could not decode rows from {row - doc} on (row group "
+                    raise InputError(f"{path}: could not decode rows from {row - doc} on (row group "
                                      f"{group}): the file is corrupt or truncated ({type(e).__name__}: {e})") from None
                 if drop:
                     if drop >= batch.num_rows:
@@ -488,7 +586,7 @@ class ParquetSource(Source):
     def fingerprint(self) -> str:
         self._peek()
         parts = [f"{os.path.abspath(p)}:{os.path.getsize(p)}" for p in self.paths]
-        return "parquet:" + "|".join(parts) + ":" + self.reader.describe()
+        return "parquet:" + "|".join(parts) + ":" + self.reader.options()
 
 
 class JsonlSource(Source):
@@ -504,12 +602,15 @@ class JsonlSource(Source):
             if not os.path.exists(p):
                 raise FileNotFoundError(f"input file {p!r} does not exist")
 
-    def _lines(self) -> Iterator[tuple[str, int, bytes]]:
+    def _lines(self) -> Iterator[tuple[str, int, int, bytes]]:
+        """(path, line number, byte offset of the line in the file, the line) of non-blank lines."""
         for path in self.paths:
             with open(path, "rb") as f:
+                offset = 0
                 for lineno, line in enumerate(f, 1):
                     if line.strip():
-                        yield path, lineno, line
+                        yield path, lineno, offset, line
+                    offset += len(line)
 
     def chunks(self, skip: int = 0) -> Iterator[DocChunk]:
         lines = self._lines()
@@ -521,14 +622,22 @@ class JsonlSource(Source):
             if not block:
                 return
             rows = []
-            for path, lineno, line in block:
+            for path, lineno, offset, line in block:
                 try:
-                    obj = json.loads(line)
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(f"{path} line {lineno}: byte 0x{line[e.start]:02x} at byte offset "
+                                     f"{offset + e.start:,} (column {e.start + 1} of the line) is not UTF-8; "
+                                     f"JSON Lines must be UTF-8 encoded: re-encode the file") from None
+                try:
+                    obj = json.loads(text)
                 except json.JSONDecodeError as e:
                     cut = "" if line.endswith(b"\n") else " (the last line has no newline: the file looks truncated)"
-                    raise ValueError(f"{path} line {lineno}: invalid JSON ({e.msg} at column {e.colno}){cut}") from None
+                    near = text[max(0, e.pos - 20):e.pos + 20].strip()
+                    raise InputError(f"{path} line {lineno}, column {e.colno}: invalid JSON ({e.msg}) "
+                                     f"near {near!r}{cut}") from None
                 if not isinstance(obj, dict):
-                    raise ValueError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
+                    raise InputError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
                 rows.append(obj)
             where = lambda j, b=block: f"{b[j][0]} line {b[j][1]}"  # noqa: E731
             r = self.reader
@@ -536,7 +645,7 @@ class JsonlSource(Source):
             values, labels = [], ([] if r.labels_column else None)
             for j, obj in enumerate(rows):
                 if r.column not in obj:
-                    raise ValueError(f"{where(j)}: no {r.column!r} field (has: {', '.join(obj) or 'nothing'})")
+                    raise InputError(f"{where(j)}: no {r.column!r} field (has: {', '.join(obj) or 'nothing'})")
                 values.append(obj[r.column])
                 if labels is not None:
                     labels.append(obj.get("labels"))
@@ -545,7 +654,7 @@ class JsonlSource(Source):
 
     def fingerprint(self) -> str:
         parts = [f"{os.path.abspath(p)}:{os.path.getsize(p)}" for p in self.paths]
-        return "jsonl:" + "|".join(parts) + ":" + self.reader.describe()
+        return "jsonl:" + "|".join(parts) + ":" + self.reader.options()
 
 
 class HFSource(Source):
@@ -582,7 +691,7 @@ class HFSource(Source):
                         tbl = pa.table({k: batch[k] for k in [self.reader.column]
                                         + ([self.reader.labels_column] if self.reader.labels_column else [])})
                     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-                        raise ValueError(f"{where(0)}: column {self.reader.column!r} is not a list of "
+                        raise InputError(f"{where(0)}: column {self.reader.column!r} is not a list of "
                                          f"integers ({e})") from None
                     chunk = self.reader.from_arrow(tbl, where, first)
                 else:
@@ -596,7 +705,7 @@ class HFSource(Source):
     def fingerprint(self) -> str:
         fp = getattr(self.ds, "_fingerprint", None)
         n = len(self.ds) if not self.streaming else "?"
-        return f"{self.name}:{fp}:{n}:{self.reader.column}:{self.reader.mask_prompt}"
+        return f"{self.name}:{fp}:{n}:{self.reader.options()}"
 
 
 class _ChitchatChat(IterableSource):
@@ -647,7 +756,7 @@ def open_source(inputs, *, column=None, tokenizer=None, mask_prompt: bool = True
         kinds = {"parquet" if p.endswith(".parquet") else "jsonl" if p.endswith((".jsonl", ".json")) else "?"
                  for p in paths}
         if "?" in kinds or len(kinds) != 1:
-            raise ValueError(f"inputs must all be .parquet or all .jsonl files; got {', '.join(paths[:4])}")
+            raise InputError(f"inputs must all be .parquet or all .jsonl files; got {', '.join(paths[:4])}")
         cls = ParquetSource if kinds == {"parquet"} else JsonlSource
         return cls(paths, column=column, tokenizer=tokenizer, mask_prompt=mask_prompt, add_eos=add_eos)
     if type(inputs).__module__.startswith("datasets"):

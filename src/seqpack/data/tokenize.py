@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seqpack.errors import InputError
+
 
 __all__ = ["TextEncoder", "load_tokenizer", "encode_chat", "split_points"]
 
@@ -80,7 +82,7 @@ def load_tokenizer(path: str | Path | None = None) -> TextEncoder:
         try:
             tok = Tokenizer.from_file(str(p))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise ValueError(f"tokenizer file {str(p)!r} could not be read as a HF tokenizers "
+            raise InputError(f"tokenizer file {str(p)!r} could not be read as a HF tokenizers "
                              f"tokenizer.json: {e}") from None
         return TextEncoder(tok, _eos_from_vocab(tok.token_to_id), f"tokenizers:{p.name}", "tokenizers")
     try:
@@ -94,7 +96,7 @@ def load_tokenizer(path: str | Path | None = None) -> TextEncoder:
             tok = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         except Exception as e:
             if not (p / "tokenizer.json").exists():
-                raise ValueError(f"tokenizer directory {str(p)!r} could not be loaded by "
+                raise InputError(f"tokenizer directory {str(p)!r} could not be loaded by "
                                  f"transformers ({type(e).__name__}: {e})") from None
         else:
             eos = tok.eos_token_id
@@ -115,15 +117,15 @@ def load_tokenizer(path: str | Path | None = None) -> TextEncoder:
 
 def _message_parts(msg, where: str, i: int) -> tuple[str, str]:
     if not isinstance(msg, dict):
-        raise ValueError(f"{where}: messages[{i}] is a {type(msg).__name__}, expected a dict "
+        raise InputError(f"{where}: messages[{i}] is a {type(msg).__name__}, expected a dict "
                          f"with 'role' and 'content'")
     role, content = msg.get("role"), msg.get("content")
     if not isinstance(role, str):
-        raise ValueError(f"{where}: messages[{i}] has no string 'role' (keys: {sorted(msg)})")
+        raise InputError(f"{where}: messages[{i}] has no string 'role' (keys: {sorted(msg)})")
     if isinstance(content, list):  # OpenAI-style content parts: keep the text ones
         content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
     if not isinstance(content, str):
-        raise ValueError(f"{where}: messages[{i}] ({role}) has no string 'content' (got "
+        raise InputError(f"{where}: messages[{i}] ({role}) has no string 'content' (got "
                          f"{type(content).__name__})")
     return role, content
 
@@ -141,7 +143,7 @@ def encode_chat(encoder: TextEncoder, conversations, *, mask_prompt: bool = True
     shape: list[list[tuple[str, int]]] = []
     for j, conv in enumerate(conversations):
         if conv is None or not isinstance(conv, (list, tuple)):
-            raise ValueError(f"{where(j)}: messages is {type(conv).__name__}, expected a list of "
+            raise InputError(f"{where(j)}: messages is {type(conv).__name__}, expected a list of "
                              f"{{'role', 'content'}} dicts")
         turns = []
         for i, msg in enumerate(conv):

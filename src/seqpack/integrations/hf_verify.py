@@ -283,7 +283,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
 
 
+def _check_spec(spec: str) -> None:
+    """Refuse, in one line, a MODEL_OR_CONFIG that is neither an existing path nor a known family."""
+    from seqpack.errors import InputError
+
+    if os.path.exists(spec):
+        return
+    looks_like_path = os.sep in spec or spec.startswith((".", "~")) or spec.endswith(".json")
+    if looks_like_path:
+        raise InputError(f"{spec!r} does not exist: pass a local model directory, a config.json, "
+                         f"or a model family name such as llama or qwen2")
+    import difflib
+
+    from transformers import CONFIG_MAPPING
+
+    if spec not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(spec, list(CONFIG_MAPPING.keys()), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "use a model type such as llama or qwen2"
+        raise InputError(f"{spec!r} is neither a path nor a transformers model family: {hint}")
+
+
 def run(args) -> int:
+    _check_spec(args.model)
     impls = [s for s in args.attn.split(",") if s] if args.attn else None
     forms = [s for s in args.forms.split(",") if s]
     bad = [f for f in forms if f not in FORMS]

@@ -7,16 +7,31 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from seqpack.train.config import TrainConfig, add_config_arguments, config_from_args
 
 
+def _vocab(text: str) -> int:
+    n = int(text)
+    if n != 0 and n < 2:
+        raise argparse.ArgumentTypeError(f"must be 0 (keep the data's ids) or >= 2, got {n}")
+    return n
+
+
 def add_arguments(parser) -> None:
     add_config_arguments(parser, TrainConfig())
-    parser.add_argument("--vocab", type=int, default=0,
+    parser.add_argument("--vocab", type=_vocab, default=0,
                         help="renumber tokens to the N most frequent ids (+1 unknown) for small CPU runs; "
                              "0 keeps the data's vocabulary")
+
+    # ~60 flags make argparse's usage block a screenful: a bad value gets one line instead,
+    # naming the flag ("seqpack train: error: argument --steps: must be >= 1, got 0")
+    def one_line_error(message: str):
+        parser.exit(2, f"{parser.prog}: error: {message} (seqpack train --help lists the options)\n")
+
+    parser.error = one_line_error
 
 
 def run(args) -> int:
@@ -30,7 +45,7 @@ def run(args) -> int:
         docs, _, plan = load_documents(cfg.data, cfg.max_docs)
         docs, _ = compact_vocab(docs, args.vocab)
         vocab = args.vocab
-    trainer = Trainer(cfg, docs=docs, vocab_size=vocab, plan=plan)
+    trainer = Trainer(cfg, docs=docs, vocab_size=vocab, plan=plan, data_options={"vocab": args.vocab})
     cfg = trainer.cfg  # a stored packing fixes the capacity
     if trainer.dist.is_main:
         mc = trainer.model_config

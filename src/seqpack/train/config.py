@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from seqpack.errors import InputError
 
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "parse_inductor_options", "compile_kwargs",
            "uses_cudagraphs"]
@@ -89,6 +92,20 @@ class TrainConfig:
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
+    def validate(self) -> "TrainConfig":
+        """Refuse impossible values (`InputError` naming the field): the same rules the
+        command line applies to each flag while parsing."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name in _CHOICES and value not in _CHOICES[f.name]:
+                raise InputError(f"{f.name} must be one of {', '.join(_CHOICES[f.name])}; got {value!r}")
+            why = _out_of_range(f.name, value)
+            if why:
+                raise InputError(f"{f.name} {why}")
+        return self
+
     @property
     def out_dir(self) -> Path:
         return Path(self.out)
@@ -137,6 +154,49 @@ _CHOICES = {"loader": ("offline", "online"), "mode": ("packed", "naive", "padded
             "dtype": ("auto", "bf16", "fp32"), "strategy": ("bfd", "ffd", "nextfit", "wrapped")}
 
 
+# allowed ranges: (lowest, highest, whether each bound itself is allowed); None = unbounded
+_RANGES = {
+    **{k: (1, None, True, True) for k in ("n_layer", "n_head", "n_kv_head", "n_embd", "window", "max_docs", "capacity",
+                                     "rows_per_step", "rows_per_micro", "max_num_docs", "pad_batch", "steps",
+                                     "log_every", "threads", "ddp_bucket_mb", "cp")},
+    **{k: (0, None, True, True) for k in ("loss_chunk", "warmup_steps", "ckpt_every", "pad_multiple", "seed",
+                                     "weight_decay", "grad_clip")},
+    "lr": (0, None, False, True), "peak_tflops": (0, None, False, True), "min_lr_frac": (0, 1, True, True),
+    "beta1": (0, 1, True, False), "beta2": (0, 1, True, False),
+}
+
+
+def _out_of_range(name: str, value) -> str | None:
+    """Why ``value`` is impossible for field ``name`` ("must be >= 1, got 0"), or None."""
+    if name not in _RANGES or isinstance(value, bool):
+        return None
+    low, high, low_in, high_in = _RANGES[name]
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    below = value < low if low_in else value <= low
+    above = high is not None and (value > high if high_in else value >= high)
+    if below or above:
+        rule = f">= {low}" if low_in else f"> {low}"
+        if high is not None:
+            rule = f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+        return f"must be {rule}, got {value}"
+    return None
+
+
+def _checked(typ, name: str):
+    """An argparse ``type=`` that converts and then applies the field's range rule, so an
+    impossible value is refused while parsing, naming the flag."""
+    def convert(text: str):
+        value = typ(text)
+        why = _out_of_range(name, value)
+        if why:
+            raise argparse.ArgumentTypeError(why)
+        return value
+
+    convert.__name__ = typ.__name__  # argparse names the type in "invalid int value"
+    return convert
+
+
 def _parse_bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -161,13 +221,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
         else:
             typ = str
         help_ = _HELP.get(f.name, "")
-        parser.add_argument(flag, dest=f.name, type=typ, default=default, choices=_CHOICES.get(f.name),
+        parser.add_argument(flag, dest=f.name, type=_checked(typ, f.name), default=default, choices=_CHOICES.get(f.name),
                             metavar=None if f.name in _CHOICES else f.name.upper(),
                             help=f"{help_} (default: {default})".strip())
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    return cfg.validate()
 
 
 def _coerce(key: str, text: str, current):
@@ -178,11 +239,14 @@ def _coerce(key: str, text: str, current):
             return True
         if low in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"inductor option {key} is a bool; got {text!r}")
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
+        raise InputError(f"inductor option {key} is a bool; got {text!r}")
+    try:
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+    except ValueError:
+        raise InputError(f"inductor option {key} is a {type(current).__name__}; got {text!r}") from None
     if current is None:
         for conv in (int, float):
             try:
@@ -207,10 +271,10 @@ def parse_inductor_options(text: str | None) -> dict:
         if not item.strip():
             continue
         if "=" not in item:
-            raise ValueError(f"inductor options are key=value; got {item!r}")
+            raise InputError(f"--inductor options are key=value; got {item!r}")
         key, value = (x.strip() for x in item.split("=", 1))
         if key not in current:
-            raise ValueError(f"unknown inductor option {key!r} (see torch._inductor.config)")
+            raise InputError(f"unknown inductor option {key!r} in --inductor (see torch._inductor.config)")
         out[key] = _coerce(key, value, current[key])
     return out
 
@@ -231,7 +295,7 @@ def compile_kwargs(cfg: TrainConfig) -> dict:
     opts = parse_inductor_options(cfg.inductor)
     if cfg.compile_backend != "inductor":
         if cfg.compile_mode or opts:
-            raise ValueError("compile_mode and inductor options apply to the inductor backend only")
+            raise InputError("--compile-mode and --inductor apply to the inductor backend only")
         return kw
     if cfg.compile_mode and cfg.compile_mode != "default":
         import torch._inductor

@@ -35,6 +35,7 @@ import torch
 
 from seqpack.batch import IGNORE_INDEX, Documents, collate_packed
 from seqpack.boundaries import DocBoundaries
+from seqpack.errors import InputError
 from seqpack.model.gpt import causal_rows
 
 __all__ = ["MicroBatch", "StepBatch", "PackedLoader", "OnlineLoader", "MODES", "bucket_length", "pad_pieces",
@@ -159,25 +160,25 @@ class PackedLoader:
         from seqpack.plan import plan_packing
 
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}; got {mode!r}")
         if layout not in ("1d", "rows"):
-            raise ValueError(f"layout must be '1d' or 'rows'; got {layout!r}")
+            raise InputError(f"layout must be '1d' or 'rows'; got {layout!r}")
         if rows_per_step % world:
-            raise ValueError(f"rows_per_step {rows_per_step} must be a multiple of the world size {world} "
+            raise InputError(f"rows_per_step {rows_per_step} must be a multiple of the world size {world} "
                              f"(every rank gets the same number of rows)")
         self.docs, self.capacity, self.mode, self.layout = docs, int(capacity), mode, layout
         self.rows_per_step, self.rank, self.world = int(rows_per_step), int(rank), int(world)
         self.local_rows = self.rows_per_step // self.world
         self.rows_per_micro = self.local_rows if rows_per_micro is None else int(rows_per_micro)
         if self.local_rows % self.rows_per_micro:
-            raise ValueError(f"rows per rank ({self.local_rows}) must be a multiple of rows_per_micro "
+            raise InputError(f"rows per rank ({self.local_rows}) must be a multiple of rows_per_micro "
                              f"({self.rows_per_micro})")
         self.pad_batch, self.pad_multiple, self.seed = int(pad_batch), int(pad_multiple), int(seed)
         self.plan = plan if plan is not None else plan_packing(
             docs.lengths, self.capacity, strategy=strategy, overflow="split", seed=seed)
         self.steps_per_epoch = self.plan.num_bins // self.rows_per_step
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the corpus packs into {self.plan.num_bins} rows of {capacity} tokens, fewer than "
+            raise InputError(f"the corpus packs into {self.plan.num_bins} rows of {capacity} tokens, fewer than "
                              f"rows_per_step={rows_per_step}: lower rows_per_step or capacity")
         self.epoch, self.step = 0, 0
         self.max_num_docs = max_num_docs if max_num_docs is not None else self._default_max_num_docs()
@@ -191,9 +192,9 @@ class PackedLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_bins"] != self.plan.num_bins or state["rows_per_step"] != self.rows_per_step:
-            raise ValueError(f"checkpoint was taken with {state['num_bins']} bins and rows_per_step "
+            raise InputError(f"checkpoint was taken with {state['num_bins']} bins and rows_per_step "
                              f"{state['rows_per_step']}; this run has {self.plan.num_bins} and "
-                             f"{self.rows_per_step}: resume with the same data, capacity and batch size")
+                             f"{self.rows_per_step}: resume with the same data, capacity and rows per step")
         self.epoch, self.step, self.seed = state["epoch"], state["step"], state["seed"]
         self.max_num_docs = state.get("max_num_docs", self.max_num_docs)
 
@@ -296,13 +297,13 @@ class OnlineLoader:
         from seqpack.data.online import PackedIterableDataset
 
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
+            raise InputError(f"mode must be one of {MODES}; got {mode!r}")
         if rows_per_step % world:
-            raise ValueError(f"rows_per_step {rows_per_step} must be a multiple of the world size {world}")
+            raise InputError(f"rows_per_step {rows_per_step} must be a multiple of the world size {world}")
         local = rows_per_step // world
         self.rows_per_micro = local if rows_per_micro is None else int(rows_per_micro)
         if local % self.rows_per_micro:
-            raise ValueError(f"rows per rank ({local}) must be a multiple of rows_per_micro ({self.rows_per_micro})")
+            raise InputError(f"rows per rank ({local}) must be a multiple of rows_per_micro ({self.rows_per_micro})")
         self.micro_per_step = local // self.rows_per_micro
         self.mode, self.capacity, self.pad_batch, self.pad_multiple = mode, int(capacity), pad_batch, pad_multiple
         # the packer keeps each batch within max_num_docs segments: static cu_seqlens
@@ -319,7 +320,7 @@ class OnlineLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "online":
-            raise ValueError("this checkpoint was written with the offline loader: resume with --loader offline")
+            raise InputError("this checkpoint was written with the offline loader: resume with --loader offline")
         self.epoch, self.step = state["epoch"], state["step"]
         self.ds.set_epoch(self.epoch)
         self.ds.load_state_dict(state["packer"])

@@ -34,9 +34,16 @@ class DistInfo:
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    from seqpack.errors import InputError
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here; use --device cpu (or auto)")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
     return dev

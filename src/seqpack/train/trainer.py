@@ -20,6 +20,7 @@ Notable:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seqpack.attention.base import BackendUnavailable
+from seqpack.errors import InputError
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
 from seqpack.train.config import TrainConfig, compile_kwargs, uses_cudagraphs
@@ -81,13 +84,17 @@ def load_documents(spec: str, max_docs: int | None = None):
 
     source = spec
     if spec.startswith("hf:"):
-        import datasets
+        try:
+            import datasets
+        except ImportError:
+            raise InputError(f"--data {spec}: Hugging Face datasets need the `datasets` package "
+                             f"(pip install datasets)") from None
 
         name, *rest = spec[3:].split(":")
         source = datasets.load_dataset(name, split=rest[0] if rest else "train")
     toks, offs, labs, n = [], [np.zeros(1, np.int64)], [], 0
     has_labels = False
-    for chunk in open_source(source).chunks():
+    for chunk in _read_chunks(open_source, source, spec):
         toks.append(np.asarray(chunk.tokens, dtype=np.int64))
         labs.append(None if chunk.labels is None else np.asarray(chunk.labels, dtype=np.int64))
         has_labels |= chunk.labels is not None
@@ -106,6 +113,17 @@ def load_documents(spec: str, max_docs: int | None = None):
         docs = Documents(tokens[:end], offsets[:max_docs + 1], None if labels is None else labels[:end])
     vocab = int(tokens.max()) + 1 if tokens.size else 1
     return docs, vocab, None
+
+
+def _read_chunks(open_source, source, spec):
+    """The source's chunks; its errors (which name the file, row and column) become
+    `InputError`s, so the command line prints them as one line."""
+    try:
+        yield from open_source(source).chunks()
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(f"--data {spec}: {e}") from None
 
 
 def load_packed_rows(path):
@@ -150,7 +168,8 @@ def load_packed_rows(path):
     plan = PackPlan(doc=np.arange(P, dtype=np.int64), start=np.zeros(P, np.int64), stop=lens,
                     bin=np.repeat(np.arange(counts.size, dtype=np.int64), counts), bin_offsets=row_off,
                     num_bins=int(counts.size), capacity=cap, num_docs=P,
-                    strategy=f"{meta.get('strategy', '?')} (stored)", placed_tokens=int(lens.sum()))
+                    strategy=f"{meta.get('strategy', '?')} (stored)", placed_tokens=int(lens.sum()),
+                    doc_lengths=lens)
     vocab = int(tokens.max()) + 1 if tokens.size else 1
     return docs, vocab, plan
 
@@ -167,10 +186,23 @@ class Trainer:
     """``Trainer(cfg).run()`` trains and returns a summary dict.
 
     ``docs`` (a `Documents` store) and ``vocab_size`` override ``cfg.data`` (tests, demo).
+    ``data_options``: what the caller did to the documents beyond ``cfg`` (the command
+    line's ``--vocab``), recorded in checkpoints so that a resume with other data refuses.
+    Impossible options and a resume that would change which documents go where raise
+    `InputError` naming the option.
     """
 
-    def __init__(self, cfg: TrainConfig, *, docs=None, vocab_size: int | None = None, plan=None):
+    # options that decide which documents each step trains on (any loader), and those that
+    # also decide it for the online packer (they shape its batches)
+    DATA_OPTIONS = ("data", "max_docs", "loader", "capacity", "rows_per_step", "seed", "cp")  # cp: data split by dp
+    OFFLINE_OPTIONS = ("strategy",)
+    ONLINE_OPTIONS = ("rows_per_micro", "mode", "layout", "max_num_docs")
+
+    def __init__(self, cfg: TrainConfig, *, docs=None, vocab_size: int | None = None, plan=None,
+                 data_options: dict | None = None):
+        cfg.validate()
         self.cfg = cfg
+        self.extra_data_options = dict(data_options or {})
         self.dist, self.device = init_distributed(cfg.dist, cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -181,13 +213,22 @@ class Trainer:
             cfg = self.cfg = cfg.replace(capacity=plan.capacity)  # stored rows fix the capacity
         self.docs = docs
         self.use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
-        self.model_config = gpt_config(cfg.preset, vocab_size=pad_vocab(vocab_size or 50257),
-                                       **cfg.model_overrides())
+        try:
+            self.model_config = gpt_config(cfg.preset, vocab_size=pad_vocab(vocab_size or 50257),
+                                           **cfg.model_overrides())
+        except (ValueError, TypeError) as e:  # GPTConfig checks its fields (head sizes, patterns)
+            raise InputError(f"model options: {e}") from None
+        from seqpack.attention import BACKENDS
+
+        if cfg.attn_backend != "auto" and cfg.attn_backend not in BACKENDS:
+            raise InputError(f"--attn-backend {cfg.attn_backend!r} is not a backend; known: "
+                             f"{', '.join(BACKENDS)} or auto")
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = GPT(self.model_config).to(self.device)
         self.num_params = self.model.num_params()
         self.cp, dp_rank, dp = self._context_parallel()  # cp None: no context parallelism
         layout = cfg.layout if cfg.layout != "auto" else ("1d" if self.device.type == "cuda" else "rows")
+        self.layout = layout
         common = dict(capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode, layout=layout,
                       rows_per_micro=cfg.rows_per_micro, pad_batch=cfg.pad_batch, pad_multiple=self._pad_multiple(),
                       max_num_docs=cfg.max_num_docs, seed=cfg.seed, rank=dp_rank, world=dp)
@@ -214,7 +255,6 @@ class Trainer:
         cp = self.cfg.cp
         if cp == 1:
             return None, self.dist.rank, self.dist.world
-        from seqpack.errors import InputError
         from seqpack.parallel import ContextParallel, init_mesh
 
         if not self.dist.enabled:
@@ -247,7 +287,7 @@ class Trainer:
         compile_kw = compile_kwargs(self.cfg)
         self.cudagraphs = kind != "none" and uses_cudagraphs(self.cfg)
         if self.cudagraphs and self.dist.enabled:
-            raise ValueError(f"compile_mode={self.cfg.compile_mode!r} / inductor={self.cfg.inductor!r} asks for "
+            raise InputError(f"compile_mode={self.cfg.compile_mode!r} / inductor={self.cfg.inductor!r} asks for "
                              "CUDA graphs, which seqpack supports in single-process runs only (DDP/FSDP hooks "
                              "run between graphs); use the default mode or max-autotune-no-cudagraphs")
         if kind != "none":
@@ -378,6 +418,8 @@ class Trainer:
             cfg.out_dir.mkdir(parents=True, exist_ok=True)
             if self.step == 0 and log_path.exists():
                 log_path.unlink()  # a fresh run starts a fresh log; a resumed one appends
+            elif self.step > 0 and log_path.exists():
+                _trim_log(log_path, self.step)  # steps after the checkpoint are trained again
         pending: list[torch.Tensor] = []
         window = dict(useful=0, slots=0, docs=0, rows=0, flops=0, steps=0)
         totals = self.totals
@@ -387,7 +429,10 @@ class Trainer:
         last_log: dict = {}
         while self.step < end:
             batch = next(self.loader)
-            loss = self.train_step(batch)
+            try:
+                loss = self.train_step(batch)
+            except BackendUnavailable as e:  # a named backend that cannot run here: bad input
+                raise InputError(f"--attn-backend {cfg.attn_backend}: {e}") from None
             pending.append(loss)
             self.wall.append(time.perf_counter() - t_start)
             w = window  # this rank's counts; summed over ranks when logged
@@ -459,7 +504,26 @@ class Trainer:
             model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
         return {"model": model_sd, "optimizer": optim_sd, "loader": self.loader.state_dict(), "step": self.step,
                 "history": self.history, "wall": self.wall, "config": asdict(self.cfg),
-                "model_config": self.model_config.to_dict(), "world": self.dist.world, "cp": self.cfg.cp}
+                "model_config": self.model_config.to_dict(), "world": self.dist.world,
+                "data_options": self.data_options()}
+
+    def data_options(self) -> dict:
+        """What decides which documents each step trains on: the options (resolved, e.g.
+        the layout), the caller's `data_options` and a fingerprint of the documents."""
+        cfg = self.cfg
+        names = self.DATA_OPTIONS + (self.ONLINE_OPTIONS if cfg.loader == "online" else self.OFFLINE_OPTIONS)
+        out = {k: getattr(cfg, k) for k in names}
+        if cfg.loader == "online":
+            out.update(rows_per_micro=self.loader.rows_per_micro, max_num_docs=self.loader.max_num_docs,
+                       layout=self.layout if cfg.mode == "packed" else "rows")
+        out.update(self.extra_data_options)
+        if getattr(self, "_docs_fingerprint", None) is None:
+            d = self.docs
+            h = hashlib.sha1(np.ascontiguousarray(d.offsets).tobytes())
+            h.update(str(int(d.tokens.sum(dtype=np.int64))).encode())
+            self._docs_fingerprint = f"{len(d):,} documents, {d.tokens.size:,} tokens, checksum {h.hexdigest()[:12]}"
+        out["documents"] = self._docs_fingerprint
+        return out
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Write a checkpoint (rank 0) to ``path`` or ``out/ckpt/step_XXXXXX.pt``."""
@@ -480,17 +544,25 @@ class Trainer:
         ckpt = self.cfg.out_dir / "ckpt"
         latest = ckpt / "latest"
         if not latest.exists():
-            raise FileNotFoundError(f"--resume auto: no checkpoint in {ckpt}")
+            raise InputError(f"--resume auto: no checkpoint in {ckpt} (train without --resume first, or name "
+                             f"a checkpoint file)")
         return ckpt / latest.read_text().strip()
 
     def load(self, path: str | Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        """Resume from a checkpoint; refuses (`InputError`) one whose data, data options,
+        model or world size differ from this run's, naming each with both values."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except OSError:
+            raise
+        except Exception as e:
+            raise InputError(f"--resume {path}: not a readable seqpack checkpoint ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or not {"model", "optimizer", "loader", "step", "config"} <= set(state):
+            raise InputError(f"--resume {path}: not a seqpack training checkpoint")
         if state["world"] != self.dist.world:
-            raise ValueError(f"checkpoint {path} was written by {state['world']} ranks; this run has "
-                             f"{self.dist.world}: the data slices would differ")
-        if state.get("cp", 1) != self.cfg.cp:
-            raise ValueError(f"checkpoint {path} was written with --cp {state.get('cp', 1)}; this run has --cp "
-                             f"{self.cfg.cp}: the data slices would differ")
+            raise InputError(f"--resume {path}: the checkpoint was written by {state['world']} ranks; this run has "
+                             f"{self.dist.world}: the data slices would differ; resume with {state['world']} ranks")
+        self._check_resume(path, state)
         if self.dist.enabled and self.dist.kind == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -504,6 +576,53 @@ class Trainer:
         self.step = state["step"]
         self.history = list(state["history"])
         self.wall = list(state.get("wall", []))
+
+
+    def _check_resume(self, path, state: dict) -> None:
+        """Refuse a resume whose options would change which documents go where (the
+        resumed run would repeat some and never show others) or another model."""
+        saved = state.get("data_options")
+        if saved is None:  # an older checkpoint: compare what its config holds
+            names = self.DATA_OPTIONS + (self.ONLINE_OPTIONS if self.cfg.loader == "online" else self.OFFLINE_OPTIONS)
+            saved = {k: state["config"].get(k) for k in names if k in state["config"]}
+            saved.setdefault("cp", 1)  # checkpoints from before --cp
+            mine = {k: v for k, v in self.data_options().items() if k in saved}
+        else:
+            saved = {"cp": 1, **saved}  # checkpoints from before --cp
+            mine = self.data_options()
+        diff = [(k, saved.get(k), v) for k, v in mine.items() if saved.get(k) != v]
+        if diff:
+            parts = [f"{_flag(k)}: saved {a!r}, given {b!r}" for k, a, b in diff]
+            raise InputError(f"--resume {path}: options that decide which documents each step trains on differ "
+                             f"from the checkpoint's ({'; '.join(parts)}); resume with the saved values, or start "
+                             f"a fresh run in another --out")
+        model = self.model_config.to_dict()
+        mdiff = [f"{k}: saved {v!r}, given {model.get(k)!r}" for k, v in state["model_config"].items()
+                 if model.get(k) != v]
+        if mdiff:
+            raise InputError(f"--resume {path}: the model differs from the checkpoint's ({'; '.join(mdiff)}); "
+                             f"resume with the same --preset and model options")
+
+
+def _flag(name: str) -> str:
+    return name if name == "documents" else "--" + name.replace("_", "-")
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log lines of steps up to ``step`` (the resumed checkpoint's): the steps
+    after it are trained again and logged anew, so none appears twice. Written to a
+    temporary file and renamed, so a crash never leaves half a log."""
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            logged = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            logged = None
+        if not isinstance(logged, int) or logged <= step:
+            keep.append(line)
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
 
 
 def dev_is_cuda(device: torch.device) -> bool:
