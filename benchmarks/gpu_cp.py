@@ -13,7 +13,7 @@ SFT-like documents, bf16 autocast, forward + backward, no optimizer):
   those of a real run, and the step time leaves out the communication). The modelled
   all-to-all time at NVLink bandwidth is printed beside it (docs/train.md derives it).
 
-    python benchmarks/gpu_cp.py                          # one H100: about 2 minutes
+    python benchmarks/gpu_cp.py                          # one H100: a few minutes (5 compiles)
     python benchmarks/gpu_cp.py --tiny --device cpu      # CPU smoke test of the same code
 
 Prints a table; with $OUT set also writes $OUT/gpu_cp.json.
