@@ -225,3 +225,10 @@ def test_hf_module_imports_in_a_fresh_interpreter():
             "assert DataCollatorForPacking is hf.DataCollatorForPacking and PackingError is hf.PackingError\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("key", ["labels", "completion_mask"])
+def test_per_token_columns_of_another_length_are_refused(key):
+    feats = [{"input_ids": [5, 6, 7]}, {"input_ids": [5, 6, 7], key: [1, 1]}]
+    with pytest.raises(InputError, match=f"row 1: {key} ha(s|ve) 2 .* but input_ids 3"):
+        DataCollatorForPacking(max_length=8)(feats)

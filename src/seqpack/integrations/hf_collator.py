@@ -97,17 +97,19 @@ def _as_list(x) -> list:
     return list(x)
 
 
-def _labels_of(example: Mapping) -> np.ndarray:
+def _labels_of(example: Mapping, row: int) -> np.ndarray:
     """Per-token labels aligned with input_ids: given labels, else the tokens; masks fold in as -100."""
     ids = np.asarray(_as_list(example["input_ids"]), dtype=np.int64)
     labels = np.asarray(_as_list(example["labels"]), dtype=np.int64) if example.get("labels") is not None else ids.copy()
     if labels.shape != ids.shape:
-        raise ValueError(f"labels have {labels.size} tokens but input_ids {ids.size}")
+        raise InputError(f"row {row}: labels have {labels.size} tokens but input_ids {ids.size}; "
+                         f"give one label per token (-100 where no loss is wanted)")
     for key in ("completion_mask", "assistant_masks"):
         if example.get(key) is not None:
             keep = np.asarray(_as_list(example[key]), dtype=bool)
             if keep.shape != ids.shape:
-                raise ValueError(f"{key} has {keep.size} entries but input_ids {ids.size}")
+                raise InputError(f"row {row}: {key} has {keep.size} entries but input_ids {ids.size}; "
+                                 f"give one entry per token")
             labels = np.where(keep, labels, IGNORE_INDEX)
     return labels
 
@@ -244,7 +246,7 @@ class DataCollatorForPacking:
         for r, ex in enumerate(features):
             first, last = _padding_span(ex, r)
             ids = np.asarray(_as_list(ex["input_ids"]), dtype=np.int64)[first:last]
-            labels = _labels_of(ex)[first:last]
+            labels = _labels_of(ex, r)[first:last]
             lens = _docs_in_row(ex, r, first, last)
             if lens is None:
                 lens = [ids.size]
