@@ -7,6 +7,7 @@ import torch
 
 from seqpack.batch import IGNORE_INDEX
 from seqpack.boundaries import DocBoundaries
+from seqpack.errors import InputError
 from seqpack.integrations.hf_collator import DataCollatorForPacking
 
 
@@ -122,3 +123,112 @@ def test_formats():
     assert pb.boundaries.num_docs() == 3
     with pytest.raises(ValueError, match="format"):
         DataCollatorForPacking(format="4d")
+
+
+# LLaMA-Factory's neat packing right-pads each packed row, with attention_mask 0 on the padding.
+NEAT_ROWS = [({"input_ids": [5, 6, 7, 0], "attention_mask": [1, 2, 2, 0]}, [[5], [6, 7]]),
+             ({"input_ids": [8, 9, 10, 11, 12, 0, 0], "attention_mask": [1, 1, 2, 3, 3, 0, 0]}, [[8, 9], [10], [11, 12]]),
+             ({"input_ids": [13, 14, 15, 16], "attention_mask": [1, 1, 1, 2]}, [[13, 14, 15], [16]])]
+
+
+def _unpadded(row):
+    n = sum(1 for m in row["attention_mask"] if m)
+    return {k: v[:n] for k, v in row.items()}
+
+
+def _same_batch(a, b):
+    assert a.input_ids.tolist() == b.input_ids.tolist()
+    assert a.labels.tolist() == b.labels.tolist()
+    assert a.position_ids.tolist() == b.position_ids.tolist()
+    assert a.boundaries.cu_seqlens.tolist() == b.boundaries.cu_seqlens.tolist()
+    assert a.boundaries.doc_seqlens().tolist() == b.boundaries.doc_seqlens().tolist()
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_neat_packed_rows_with_right_padding(pack):
+    """The padding of LLaMA-Factory's rows is dropped: the batch is what the rows give unpadded."""
+    rows = [r for r, _ in NEAT_ROWS]
+    coll = DataCollatorForPacking(max_length=8, pack=pack, return_packed_batch=True)
+    got, want = coll(rows), coll([_unpadded(r) for r in rows])
+    _same_batch(got, want)
+    assert got.boundaries.doc_seqlens().tolist() == [len(d) for _, docs in NEAT_ROWS for d in docs]
+    assert got.input_ids.shape == (3, 5)  # the longest row without its padding
+    for (_, docs), ids, labels in zip(NEAT_ROWS, got.input_ids.tolist(), got.labels.tolist()):
+        flat = [t for d in docs for t in d]
+        assert ids[:len(flat)] == flat
+        assert labels[:len(flat)] == [t for d in docs for t in [IGNORE_INDEX] + d[1:]]
+        assert set(labels[len(flat):]) <= {IGNORE_INDEX}
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_plain_examples_lose_their_padding(side):
+    """A tokenizer's 0/1 mask: padding at either end is not a token of the document."""
+    def pad(ids, n):
+        fill = [0] * (n - len(ids))
+        return ({"input_ids": ids + fill, "attention_mask": [1] * len(ids) + fill} if side == "right"
+                else {"input_ids": fill + ids, "attention_mask": fill + [1] * len(ids)})
+    docs = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
+    coll = DataCollatorForPacking(max_length=16, return_packed_batch=True)
+    _same_batch(coll([pad(d, 6) for d in docs]), coll([{"input_ids": d} for d in docs]))
+
+
+def test_neat_packed_rows_compute_what_the_documents_compute_alone():
+    pytest.importorskip("transformers")
+    from hf_util import tiny
+    from seqpack.integrations.hf_verify import compare_packed
+
+    rng = np.random.default_rng(0)
+    rows, docs = [], []
+    for lens, pad in [((4, 6), 3), ((3, 2, 5), 0), ((7,), 5)]:
+        ids, mask = [], []
+        for i, n in enumerate(lens):
+            doc = rng.integers(3, 128, n).tolist()
+            docs.append(torch.tensor(doc))
+            ids += doc
+            mask += [i + 1] * n
+        rows.append({"input_ids": ids + [0] * pad, "attention_mask": mask + [0] * pad})
+    batch = DataCollatorForPacking(max_length=16, return_packed_batch=True)(rows)
+    diff = compare_packed(tiny("llama", "sdpa"), docs, batch, form="collator")
+    assert diff["logits"] < 1e-4 and diff["grads"] < 1e-4 and diff["loss"] < 1e-5
+
+
+@pytest.mark.parametrize("mask, position", [([1, 0, 2, 2, 0], 1), ([1, 1, 0, 1, 0], 2), ([0, 1, 0, 2, 2], 2)])
+def test_padding_between_documents_is_refused(mask, position):
+    feats = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1]}, {"input_ids": [3, 4, 5, 6, 7], "attention_mask": mask}]
+    with pytest.raises(InputError, match=rf"^row 1: attention_mask is 0 \(padding\) at position {position}, between"):
+        DataCollatorForPacking(max_length=8)(feats)
+
+
+def test_mask_of_another_length_is_refused():
+    with pytest.raises(InputError, match="row 0: attention_mask has 2 entries but input_ids 3"):
+        DataCollatorForPacking(max_length=8)([{"input_ids": [5, 6, 7], "attention_mask": [1, 1]}])
+
+
+@pytest.mark.parametrize("kind", ["np", "tf", None])
+def test_return_tensors_other_than_pt_is_refused_at_construction(kind):
+    with pytest.raises(InputError, match=f"return_tensors={kind!r} is not supported"):
+        DataCollatorForPacking(max_length=8, return_tensors=kind)
+    assert isinstance(DataCollatorForPacking(max_length=8, return_tensors="pt")(examples([3]))["input_ids"], torch.Tensor)
+
+
+def test_hf_module_imports_in_a_fresh_interpreter():
+    """``seqpack.hf`` is a module of its own, not only a lazy attribute of ``seqpack``."""
+    pytest.importorskip("transformers")
+    import subprocess
+    import sys
+
+    code = ("import seqpack.hf\n"
+            "from seqpack.hf import enable_packing, DataCollatorForPacking, PackingError\n"
+            "import seqpack\n"
+            "assert seqpack.hf.enable_packing is enable_packing\n"
+            "from seqpack.integrations import hf\n"
+            "assert DataCollatorForPacking is hf.DataCollatorForPacking and PackingError is hf.PackingError\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("key", ["labels", "completion_mask"])
+def test_per_token_columns_of_another_length_are_refused(key):
+    feats = [{"input_ids": [5, 6, 7]}, {"input_ids": [5, 6, 7], key: [1, 1]}]
+    with pytest.raises(InputError, match=f"row 1: {key} ha(s|ve) 2 .* but input_ids 3"):
+        DataCollatorForPacking(max_length=8)(feats)

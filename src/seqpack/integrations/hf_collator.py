@@ -22,6 +22,11 @@ Notable:
 - Pre-packed rows are recognised by ``seq_lengths`` (TRL's ``pack_dataset``), by
   ``position_ids`` that restart, or by an integer-labelled ``attention_mask``
   (LLaMA-Factory); they stay one row each.
+- An example's ``attention_mask`` 0 at the start or end of its row is padding (LLaMA-Factory
+  right-pads its packed rows, tokenizers pad on their ``padding_side``): those tokens are
+  dropped, and the collator pads again. A 0 between tokens that are not padding is refused
+  (`seqpack.errors.InputError` naming the row and position): no reading of it is safe.
+- ``return_tensors`` is ``"pt"``; anything else is refused when the collator is built.
 - Rows are as long as the longest row (rounded up to ``pad_to_multiple_of``), or exactly
   ``max_length`` with ``fixed_length=True`` (static shapes for ``torch.compile``; add
   ``max_num_docs`` to pad ``cu_seq_lens`` to a fixed size too).
@@ -38,6 +43,7 @@ import numpy as np
 import torch
 
 from seqpack.batch import IGNORE_INDEX, PackedBatch, collate_packed
+from seqpack.errors import InputError
 
 __all__ = ["DataCollatorForPacking", "packed_model_inputs", "FORMATS"]
 
@@ -91,43 +97,72 @@ def _as_list(x) -> list:
     return list(x)
 
 
-def _labels_of(example: Mapping) -> np.ndarray:
+def _labels_of(example: Mapping, row: int) -> np.ndarray:
     """Per-token labels aligned with input_ids: given labels, else the tokens; masks fold in as -100."""
     ids = np.asarray(_as_list(example["input_ids"]), dtype=np.int64)
     labels = np.asarray(_as_list(example["labels"]), dtype=np.int64) if example.get("labels") is not None else ids.copy()
     if labels.shape != ids.shape:
-        raise ValueError(f"labels have {labels.size} tokens but input_ids {ids.size}")
+        raise InputError(f"row {row}: labels have {labels.size} tokens but input_ids {ids.size}; "
+                         f"give one label per token (-100 where no loss is wanted)")
     for key in ("completion_mask", "assistant_masks"):
         if example.get(key) is not None:
             keep = np.asarray(_as_list(example[key]), dtype=bool)
             if keep.shape != ids.shape:
-                raise ValueError(f"{key} has {keep.size} entries but input_ids {ids.size}")
+                raise InputError(f"row {row}: {key} has {keep.size} entries but input_ids {ids.size}; "
+                                 f"give one entry per token")
             labels = np.where(keep, labels, IGNORE_INDEX)
     return labels
 
 
-def _docs_in_row(example: Mapping) -> list[int] | None:
-    """Document lengths of a pre-packed row, or None for a plain example (one document)."""
+def _padding_span(example: Mapping, row: int) -> tuple[int, int]:
+    """``(start, stop)`` of the tokens a row's ``attention_mask`` marks as real (not 0).
+
+    Zeros at either end are padding (LLaMA-Factory right-pads its packed rows; a tokenizer
+    pads on its ``padding_side``) and are dropped: the collator pads again itself. A 0
+    between real tokens is refused: neither a document nor padding can be in the middle of
+    a row, so no reading of it is safe.
+    """
     n = len(example["input_ids"])
+    mask = example.get("attention_mask")
+    if mask is None:
+        return 0, n
+    m = np.asarray(_as_list(mask), dtype=np.int64)
+    if m.shape != (n,):
+        raise InputError(f"row {row}: attention_mask has {m.size} entries but input_ids {n}; "
+                         f"give one mask entry per token")
+    real = np.flatnonzero(m != 0)
+    if real.size == 0:
+        return 0, 0
+    start, stop = int(real[0]), int(real[-1]) + 1
+    if real.size != stop - start:
+        p = start + int(np.flatnonzero(m[start:stop] == 0)[0])
+        raise InputError(f"row {row}: attention_mask is 0 (padding) at position {p}, between tokens "
+                         f"that are not padding; padding may only come at the start or end of a row: "
+                         f"remove it there, or give the documents as separate examples")
+    return start, stop
+
+
+def _docs_in_row(example: Mapping, row: int, start: int, stop: int) -> list[int] | None:
+    """Document lengths of the pre-packed row ``[start, stop)`` (padding cut off), or None for a
+    plain example (one document)."""
+    n = stop - start
     if example.get("seq_lengths") is not None:
         lens = [int(x) for x in _as_list(example["seq_lengths"])]
         if sum(lens) != n:
-            raise ValueError(f"seq_lengths sum to {sum(lens)} but the row has {n} tokens")
+            raise InputError(f"row {row}: seq_lengths sum to {sum(lens)} but the row has {n} tokens"
+                             f"{' besides padding' if n != len(example['input_ids']) else ''}; "
+                             f"give one length per document, padding excluded")
         return lens
     mask = example.get("attention_mask")
     if mask is not None:
-        m = np.asarray(_as_list(mask), dtype=np.int64)
+        m = np.asarray(_as_list(mask), dtype=np.int64)[start:stop]
         if m.size and m.max() > 1:
             change = np.flatnonzero(np.diff(m) != 0) + 1
             bounds = np.concatenate([[0], change, [m.size]])
-            labels = m[bounds[:-1]]
-            if (labels == 0).any():
-                raise ValueError("a pre-packed row's attention_mask has padding (0) inside the row; strip "
-                                 "padding before collating, the collator pads")
             return np.diff(bounds).tolist()
     pos = example.get("position_ids")
     if pos is not None:
-        p = np.asarray(_as_list(pos), dtype=np.int64)
+        p = np.asarray(_as_list(pos), dtype=np.int64)[start:stop]
         starts = np.flatnonzero(np.diff(p) != 1) + 1
         if starts.size:
             bounds = np.concatenate([[0], starts, [p.size]])
@@ -160,6 +195,8 @@ class DataCollatorForPacking:
         format: ``"flash"`` (default), ``"position_ids"`` or ``"attention_mask"``; see
             `packed_model_inputs`.
         return_packed_batch: return the `PackedBatch` itself instead of a dict.
+        return_tensors: ``"pt"`` only (the batch is torch tensors); other values are
+            refused here rather than ignored.
     """
 
     max_length: int | None = 4096
@@ -175,6 +212,9 @@ class DataCollatorForPacking:
     return_tensors: str = "pt"
 
     def __post_init__(self):
+        if self.return_tensors != "pt":
+            raise InputError(f"return_tensors={self.return_tensors!r} is not supported: DataCollatorForPacking "
+                             f"returns torch tensors; leave return_tensors at 'pt'")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}; got {self.format!r}")
         if self.pack and self.max_length is None:
@@ -204,9 +244,10 @@ class DataCollatorForPacking:
         whether the rows were packed beforehand."""
         docs, row_of_doc, prepacked = [], [], False
         for r, ex in enumerate(features):
-            ids = np.asarray(_as_list(ex["input_ids"]), dtype=np.int64)
-            labels = _labels_of(ex)
-            lens = _docs_in_row(ex)
+            first, last = _padding_span(ex, r)
+            ids = np.asarray(_as_list(ex["input_ids"]), dtype=np.int64)[first:last]
+            labels = _labels_of(ex, r)[first:last]
+            lens = _docs_in_row(ex, r, first, last)
             if lens is None:
                 lens = [ids.size]
             else:
