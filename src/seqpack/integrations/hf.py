@@ -493,12 +493,13 @@ def seqpack_attention_forward(module, query, key, value, attention_mask, dropout
     if softcap is not None or kwargs.get("s_aux") is not None:
         raise PackingError("attn_implementation='seqpack' supports neither logit softcapping nor attention sinks; "
                            "use 'eager' or 'flex_attention' for this model")
-    from seqpack.attention import varlen_attention
+    from seqpack.parallel import attention_for
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     ctx = kwargs.get("seqpack_context")
     if ctx is None:
         ctx = _boundaries_for(query, kwargs)
-    out = varlen_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), ctx,
+    attend = attention_for(ctx)  # varlen_attention; across the cp ranks for a context-parallel shard
+    out = attend(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), ctx,
                            causal=causal, window=sliding_window, scale=scaling)
     return out, None
 

@@ -17,6 +17,9 @@ Notable:
   (documents see each other: wrong but fast).
 - Per-batch attention state (flex BlockMasks) is built once by `prepare_context`, outside
   the compiled model, and shared by every layer.
+- Context parallelism: given a `seqpack.parallel.CPContext` in place of the boundaries,
+  ``input_ids`` is this rank's shard of the buffer and attention runs across the cp ranks
+  (`seqpack.parallel.ulysses_attention`); everything else is per token and unchanged.
 - Options in the nanochat spirit: RMSNorm without weights, QK norm, relu^2 MLP, no
   biases, GQA (``n_kv_head``), sliding-window layers (``window`` + ``window_pattern``),
   tied or untied head.
@@ -44,8 +47,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqpack.attention import varlen_attention
 from seqpack.boundaries import DocBoundaries
+from seqpack.parallel import CPContext, attention_for
 
 __all__ = ["GPTConfig", "GPT", "PRESETS", "gpt_config", "causal_rows", "prepare_context", "rope_norm"]
 
@@ -251,7 +254,8 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
             if self.qk_norm:  # type_as: if autocast ever runs the norm in float32, q/k must still match v
                 q, k = norm(q).type_as(v), norm(k).type_as(v)
-        y = varlen_attention(q, k, v, ctx, causal=True, window=self.window, backend=self.backend)
+        attend = attention_for(ctx)  # varlen_attention, or across the cp ranks for a CPContext
+        y = attend(q, k, v, ctx, causal=True, window=self.window, backend=self.backend)
         return self.c_proj(y.reshape(*lead, -1))
 
 
@@ -286,7 +290,8 @@ class GPT(nn.Module):
             None: return logits.
         boundaries: the batch's `DocBoundaries` (static ones for ``torch.compile``), or a
             context from `prepare_context` (once per batch, shared by all layers);
-            None = plain causal rows (`causal_rows`).
+            None = plain causal rows (`causal_rows`); or a `seqpack.parallel.CPContext`
+            (context parallel: ``input_ids``, ``labels``, ``position_ids`` are this rank's shard).
         position_ids: per-document positions (``PackedBatch.position_ids``); derived from
             the boundaries when omitted. Ignored with ``positions="buffer"``.
 
@@ -351,9 +356,14 @@ class GPT(nn.Module):
                 boundaries=None, position_ids: torch.Tensor | None = None):
         cfg = self.config
         ctx = boundaries if boundaries is not None else causal_rows(tuple(input_ids.shape), input_ids.device)
+        cp = isinstance(ctx, CPContext)  # context parallel: input_ids is this rank's shard of ctx's buffer
         if cfg.positions == "buffer":
             L = input_ids.shape[-1]
             position_ids = torch.arange(L, device=input_ids.device).expand(input_ids.shape)
+            if cp:
+                position_ids = position_ids + ctx.offset
+        elif position_ids is None and cp:
+            raise ValueError("under context parallelism pass the shard's position_ids (ContextShard.position_ids)")
         elif position_ids is None:
             position_ids = getattr(ctx, "boundaries", ctx).position_ids()  # a prepared context holds them
         cos_sin = rope_angles(position_ids, cfg.head_dim, cfg.rope_base)

@@ -52,7 +52,8 @@ def run(args) -> int:
         print(f"model: {trainer.num_params / 1e6:.2f}M parameters ({mc.n_layer} layers, d={mc.n_embd}, "
               f"{mc.n_head} heads of {mc.head_dim}, {mc.n_kv_head} kv heads, vocab {mc.vocab_size}); "
               f"device {trainer.device}, {'bf16 autocast' if trainer.use_bf16 else 'fp32'}, "
-              f"compile {trainer._compile_kind()}, dist {trainer.dist.kind} x{trainer.dist.world}")
+              f"compile {trainer._compile_kind()}, dist {trainer.dist.kind} x{trainer.dist.world}"
+              + (f" (dp {trainer.dist.world // cfg.cp} x cp {cfg.cp})" if cfg.cp > 1 else ""))
         ld = trainer.loader
         if cfg.loader == "online":
             print(f"data: {len(trainer.docs):,} documents, packed online into steps of {cfg.rows_per_step} rows "

@@ -71,6 +71,7 @@ class TrainConfig:
     compile_mode: str | None = None  # torch.compile mode (inductor), e.g. max-autotune-no-cudagraphs
     inductor: str | None = None      # inductor options "key=value,key=value" (torch._inductor.config names)
     dist: str = "auto"               # auto | none | ddp | fsdp
+    cp: int = 1                      # context parallel size: each micro-batch's tokens split over cp ranks
     ddp_bucket_mb: int = 25          # DDP gradient bucket size (MiB); torch's default is 25
     ddp_split_graphs: bool = False   # dynamo's DDPOptimizer (torch's default: on); off measured faster
     threads: int | None = None       # CPU threads (torch.set_num_threads)
@@ -135,6 +136,8 @@ _HELP = {
                     "max-autotune-no-cudagraphs, ...)",
     "inductor": "inductor options, comma-separated key=value (e.g. coordinate_descent_tuning=1)",
     "dist": "distributed: none, ddp or fsdp (FSDP2); auto = ddp under torchrun",
+    "cp": "context parallel size: each micro-batch's tokens are split over this many ranks (Ulysses attention over "
+          "the whole batch, exact); the other ranks are data parallel (world = dp x cp); needs torchrun",
     "ddp_bucket_mb": "DDP gradient bucket size in MiB (all-reduce granularity)",
     "ddp_split_graphs": "DDP + torch.compile: split compiled graphs at gradient-bucket boundaries so all-reduce "
                         "starts inside a block's backward (dynamo's optimize_ddp, torch's default); false (seqpack's default) "
@@ -155,7 +158,7 @@ _CHOICES = {"loader": ("offline", "online"), "mode": ("packed", "naive", "padded
 _RANGES = {
     **{k: (1, None, True, True) for k in ("n_layer", "n_head", "n_kv_head", "n_embd", "window", "max_docs", "capacity",
                                      "rows_per_step", "rows_per_micro", "max_num_docs", "pad_batch", "steps",
-                                     "log_every", "threads", "ddp_bucket_mb")},
+                                     "log_every", "threads", "ddp_bucket_mb", "cp")},
     **{k: (0, None, True, True) for k in ("loss_chunk", "warmup_steps", "ckpt_every", "pad_multiple", "seed",
                                      "weight_decay", "grad_clip")},
     "lr": (0, None, False, True), "peak_tflops": (0, None, False, True), "min_lr_frac": (0, 1, True, True),

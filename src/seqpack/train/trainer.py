@@ -9,6 +9,9 @@ Notable:
   model (``fullgraph=True, dynamic=False``) sees the same graph every step.
 - Logs sync with the device only every ``log_every`` steps; useful tokens/s and MFU are
   measured over those windows, after the first step (compilation, warm-up) is done.
+- Context parallelism (``cp > 1``, `seqpack.parallel`): the ranks form a (dp, cp) mesh, the
+  loader splits the data by dp, each rank of a cp group keeps its piece of every micro-batch
+  and attention runs over the whole one; the loss and its divisor above are unchanged.
 - Checkpoints hold the model, optimizer, loader ``(epoch, step)``, step counter and loss
   history: a resumed run computes bit for bit the same losses as an uninterrupted one
   (on CPU; on GPU up to non-deterministic kernels).
@@ -32,7 +35,7 @@ from seqpack.errors import InputError
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
 from seqpack.train.config import TrainConfig, compile_kwargs, uses_cudagraphs
-from seqpack.train.data import OnlineLoader, PackedLoader, StepBatch
+from seqpack.train.data import MicroBatch, OnlineLoader, PackedLoader, StepBatch
 from seqpack.train.dist import all_reduce_sum, init_distributed
 from seqpack.train.metrics import peak_flops, step_flops
 
@@ -191,7 +194,7 @@ class Trainer:
 
     # options that decide which documents each step trains on (any loader), and those that
     # also decide it for the online packer (they shape its batches)
-    DATA_OPTIONS = ("data", "max_docs", "loader", "capacity", "rows_per_step", "seed")
+    DATA_OPTIONS = ("data", "max_docs", "loader", "capacity", "rows_per_step", "seed", "cp")  # cp: data split by dp
     OFFLINE_OPTIONS = ("strategy",)
     ONLINE_OPTIONS = ("rows_per_micro", "mode", "layout", "max_num_docs")
 
@@ -223,11 +226,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = GPT(self.model_config).to(self.device)
         self.num_params = self.model.num_params()
+        self.cp, dp_rank, dp = self._context_parallel()  # cp None: no context parallelism
         layout = cfg.layout if cfg.layout != "auto" else ("1d" if self.device.type == "cuda" else "rows")
         self.layout = layout
         common = dict(capacity=cfg.capacity, rows_per_step=cfg.rows_per_step, mode=cfg.mode, layout=layout,
                       rows_per_micro=cfg.rows_per_micro, pad_batch=cfg.pad_batch, pad_multiple=self._pad_multiple(),
-                      max_num_docs=cfg.max_num_docs, seed=cfg.seed, rank=self.dist.rank, world=self.dist.world)
+                      max_num_docs=cfg.max_num_docs, seed=cfg.seed, rank=dp_rank, world=dp)
         if cfg.loader == "online":
             self.loader = OnlineLoader(docs, **common)
         else:
@@ -244,6 +248,23 @@ class Trainer:
             self.load(self._resolve_resume(cfg.resume))
 
     # ------------------------------------------------------------------ set-up
+
+    def _context_parallel(self):
+        """``(ContextParallel or None, data-parallel rank, data-parallel size)`` for ``cfg.cp``:
+        a (dp, cp) mesh over the ranks; the data is split by dp only."""
+        cp = self.cfg.cp
+        if cp == 1:
+            return None, self.dist.rank, self.dist.world
+        from seqpack.parallel import ContextParallel, init_mesh
+
+        if not self.dist.enabled:
+            raise InputError(f"--cp {cp} splits each micro-batch over {cp} processes: run under torchrun with a "
+                             f"multiple of {cp} processes (torchrun --nproc_per_node {cp} -m seqpack.cli train ... "
+                             f"--cp {cp}) and --dist ddp or fsdp")
+        self.mesh = init_mesh(cp, device_type=self.device.type)
+        ctx = ContextParallel(self.mesh)
+        ctx.check_heads(self.model_config.n_head, self.model_config.n_kv_head)
+        return ctx, self.mesh.get_local_rank("dp"), self.mesh.size(0)
 
     def _pad_multiple(self) -> int:
         """Padded rows: power-of-two lengths when compiled (each shape compiles once), else
@@ -278,9 +299,11 @@ class Trainer:
         if self.dist.enabled and self.dist.kind == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
+            # under cp, over the flattened dp x cp mesh (every rank holds a shard), as torchtitan does
+            kw = {} if self.cp is None else {"mesh": self.mesh["dp", "cp"]._flatten("dp_cp")}
             for block in model.blocks:
-                fully_shard(block)
-            fully_shard(model)
+                fully_shard(block, **kw)
+            fully_shard(model, **kw)
             return model
         fwd = torch.compile(model, **compile_kw) if kind == "model" else model
         if self.dist.enabled:
@@ -344,9 +367,14 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs may be overwritten now
         inputs = []
         for mb in batch.micro:
+            if self.cp is not None:  # this rank's piece of the micro-batch; the boundaries stay whole
+                s = self.cp.shard(mb.input_ids, mb.labels, mb.position_ids, mb.boundaries)
+                mb = MicroBatch(s.input_ids, s.labels, s.boundaries, s.position_ids)
             if cuda:
                 mb = mb.pin_memory()
             ctx = prepare_context(mb.boundaries, self.model_config, dev)  # once for all layers
+            if self.cp is not None:
+                ctx = self.cp.context(ctx)
             mv = lambda t: None if t is None else t.to(dev, non_blocking=True)  # noqa: E731
             inputs.append((mv(mb.input_ids), mv(mb.labels), ctx, mv(mb.position_ids)))
         count = sum((labels != -100).sum() for _, labels, _, _ in inputs).to(torch.float32)
@@ -423,6 +451,7 @@ class Trainer:
                     keys = ("useful", "slots", "docs", "rows", "flops")
                     t = torch.tensor([float(w[k]) for k in keys], dtype=torch.float64, device=self.device)
                     all_reduce_sum(t, self.dist)
+                    t /= self.cfg.cp  # the ranks of a cp group count the same micro-batches
                     w.update(zip(keys, t.tolist()))
                 self.history.extend(float(x) for x in torch.stack(pending).tolist())
                 pending = []
@@ -556,8 +585,10 @@ class Trainer:
         if saved is None:  # an older checkpoint: compare what its config holds
             names = self.DATA_OPTIONS + (self.ONLINE_OPTIONS if self.cfg.loader == "online" else self.OFFLINE_OPTIONS)
             saved = {k: state["config"].get(k) for k in names if k in state["config"]}
+            saved.setdefault("cp", 1)  # checkpoints from before --cp
             mine = {k: v for k, v in self.data_options().items() if k in saved}
         else:
+            saved = {"cp": 1, **saved}  # checkpoints from before --cp
             mine = self.data_options()
         diff = [(k, saved.get(k), v) for k, v in mine.items() if saved.get(k) != v]
         if diff:
