@@ -138,6 +138,11 @@ _MIXER_LAYER_TYPE = re.compile(r"mamba|linear|conv|recurrent|ssm|rwkv|delta")
 
 def token_mixers_outside_attention(model: torch.nn.Module) -> list[str]:
     """Names of what in ``model`` mixes tokens outside attention (empty when packing is safe)."""
+    # --- hybrid/recurrent layers seqpack makes document-aware (hf_hybrid) are safe ---
+    from seqpack.integrations import hf_hybrid
+    if hf_hybrid.handles(model):
+        return []
+    # ---
     found = []
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -390,6 +395,10 @@ def _attach(model: torch.nn.Module) -> None:
     if getattr(model, _HANDLE, None) is None:
         handle = model.register_forward_pre_hook(_packing_pre_hook_eager, with_kwargs=True)
         object.__setattr__(model, _HANDLE, handle)
+        # --- hybrid/recurrent mixers get the documents (hf_hybrid; its hook runs after this one) ---
+        from seqpack.integrations import hf_hybrid
+        hf_hybrid.attach(model)
+        # ---
 
 
 def disable_packing(model: torch.nn.Module) -> torch.nn.Module:
@@ -398,6 +407,8 @@ def disable_packing(model: torch.nn.Module) -> torch.nn.Module:
     if handle is not None:
         handle.remove()
         object.__setattr__(model, _HANDLE, None)
+        from seqpack.integrations import hf_hybrid  # --- hybrid mixers back to their own forward ---
+        hf_hybrid.detach(model)
     return model
 
 

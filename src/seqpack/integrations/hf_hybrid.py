@@ -1,0 +1,246 @@
+"""Hugging Face hybrid and recurrent models: their token mixers see the packed documents.
+
+transformers' gated DeltaNet, short-convolution and state-space layers run their state and
+convolutions straight across a packed row: document 2 starts from document 1's state. Here
+each such layer gets the documents of the call and restarts every document from zero state
+(`seqpack.mixers`), so a packed batch computes what the documents compute alone.
+
+How the documents reach a mixer:
+- `attach(model)` (called by ``enable_packing``/``configure_packing``) registers a forward
+  pre-hook on the model *after* seqpack's own, so it sees the call already rewritten
+  (``cu_seq_lens_q`` or per-document ``position_ids``, no mask). For a packed call it builds
+  ``seq_idx`` (the segment of every token, ``DocBoundaries.doc_ids()``) once, and hands it
+  on two ways: as the keyword ``seqpack_seq_idx``, which transformers threads through the
+  decoder layers into the mixers of most families (and which gradient checkpointing saves
+  with the layer's inputs, so the recomputation in backward sees it too); and in a context
+  variable for the layers that drop extra keywords, cleared when the forward ends.
+- Each known mixer gets a per-instance ``forward`` wrapper (no class or module function is
+  replaced): with ``seq_idx`` it runs a document-aware forward written here from the
+  layer's own parameters; without (unpacked calls, generation with a cache) it calls the
+  original forward unchanged.
+- A mixer that would get its documents only from the context variable refuses to run
+  under gradient checkpointing (the recomputation would not see them).
+- On CUDA the mixers use flash-linear-attention, causal_conv1d and mamba_ssm kernels with
+  their boundary arguments where installed (see `seqpack.mixers`).
+
+`handles(model)` says whether every token mixer of ``model`` is one this module makes exact;
+``seqpack.integrations.hf`` refuses packing for models where it is not.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from seqpack.boundaries import DocBoundaries
+from seqpack.mixers import causal_conv1d, chunk_gated_delta_rule
+
+__all__ = ["handles", "attach", "detach", "packed_seq_idx", "MIXERS", "SEQ_IDX_KWARG"]
+
+SEQ_IDX_KWARG = "seqpack_seq_idx"
+_HOOKS = "_seqpack_hybrid_hooks"
+_ORIGINAL = "_seqpack_original_forward"
+_CURRENT: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("seqpack_seq_idx", default=None)
+
+
+class _NeedsDocuments(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------
+# the documents of a call
+
+
+def packed_seq_idx(kwargs) -> torch.Tensor | None:
+    """``seq_idx`` ``(B, L)`` of a packed model call (kwargs as seqpack's hook left them), else None.
+
+    Packed means: ``cu_seq_lens_q`` given, or no ``attention_mask`` and ``position_ids`` that
+    restart inside a row (transformers' own packed-sequence rule). A call with a cache is
+    never packed (seqpack's hook refuses packed calls with one).
+    """
+    if kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None or kwargs.get("use_cache"):
+        return None
+    x = kwargs.get("input_ids")
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    if x is None:
+        return None
+    B, L = int(x.shape[0]), int(x.shape[1])
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None:
+        return DocBoundaries.from_cu_seqlens(cu, (B, L), validate=False).doc_ids()
+    pos = kwargs.get("position_ids")
+    if kwargs.get("attention_mask") is not None or pos is None or pos.shape[-1] != L or L < 2:
+        return None
+    pos = pos.reshape(-1, L).expand(B, -1)
+    if pos.dim() != 2 or not bool((pos[:, 1:] != pos[:, :-1] + 1).any()):
+        return None
+    return DocBoundaries.from_position_ids(pos).doc_ids()
+
+
+def _model_pre_hook(module, args, kwargs):
+    seq_idx = packed_seq_idx(kwargs) if not args else None
+    _CURRENT.set(seq_idx)
+    if seq_idx is not None and getattr(module, "_seqpack_threads_kwargs", False):
+        kwargs = dict(kwargs)
+        kwargs[SEQ_IDX_KWARG] = seq_idx
+        return args, kwargs
+    return None
+
+
+def _model_post_hook(module, args, kwargs, output):
+    _CURRENT.set(None)
+    return None
+
+
+_model_pre_hook_eager = torch.compiler.disable(_model_pre_hook)
+_model_post_hook_eager = torch.compiler.disable(_model_post_hook)
+
+
+# ----------------------------------------------------------------------------------------
+# document-aware forwards, one per kind of mixer (the layer's own parameters, packed math)
+
+
+def _conv_weight(conv: torch.nn.Conv1d) -> torch.Tensor:
+    return conv.weight.reshape(conv.weight.shape[0], -1)  # (C, 1, K) -> (C, K)
+
+
+def _gated_delta_net(mod, hidden_states, seq_idx):
+    """Qwen3.5 / Qwen3-Next gated DeltaNet: projections, short conv, gated delta rule, gated norm."""
+    B, L, _ = hidden_states.shape
+    if hasattr(mod, "in_proj_qkvz"):  # Qwen3-Next: fused, head-interleaved projections
+        q, k, v, z, b, a = mod.fix_query_key_value_ordering(mod.in_proj_qkvz(hidden_states),
+                                                          mod.in_proj_ba(hidden_states))
+        mixed = torch.cat([x.reshape(B, L, -1) for x in (q, k, v)], dim=-1)
+    else:  # Qwen3.5: separate projections
+        mixed = mod.in_proj_qkv(hidden_states)
+        z = mod.in_proj_z(hidden_states).reshape(B, L, -1, mod.head_v_dim)
+        b, a = mod.in_proj_b(hidden_states), mod.in_proj_a(hidden_states)
+    mixed = causal_conv1d(mixed.transpose(1, 2), _conv_weight(mod.conv1d), mod.conv1d.bias, seq_idx,
+                          activation=mod.activation).transpose(1, 2)
+    q, k, v = torch.split(mixed, [mod.key_dim, mod.key_dim, mod.value_dim], dim=-1)
+    q = q.reshape(B, L, -1, mod.head_k_dim)
+    k = k.reshape(B, L, -1, mod.head_k_dim)
+    v = v.reshape(B, L, -1, mod.head_v_dim)
+    beta = b.sigmoid()
+    g = -mod.A_log.float().exp() * F.softplus(a.float() + mod.dt_bias)
+    o = chunk_gated_delta_rule(q, k, v, g, beta, seq_idx, use_qk_l2norm=True)
+    o = mod.norm(o.reshape(-1, mod.head_v_dim), z.reshape(-1, mod.head_v_dim)).reshape(B, L, -1)
+    return mod.out_proj(o)
+
+
+def _short_conv(mod, hidden_states, seq_idx):
+    """LFM2 gated short convolution: ``C * conv(B * x)``."""
+    Bx = mod.in_proj(hidden_states).transpose(-1, -2)
+    b, c, x = Bx.chunk(3, dim=-2)
+    y = c * causal_conv1d(b * x, _conv_weight(mod.conv), mod.conv.bias, seq_idx)
+    return mod.out_proj(y.transpose(-1, -2).contiguous())
+
+
+# mixer class name -> (packed forward, attributes it reads). A class whose instance lacks one of
+# the attributes (another transformers version laid the layer out differently) is not handled.
+_GDN_ATTRS = ("conv1d", "A_log", "dt_bias", "norm", "out_proj", "key_dim", "value_dim", "head_k_dim",
+              "head_v_dim", "activation")
+MIXERS = {
+    "Qwen3_5GatedDeltaNet": (_gated_delta_net, _GDN_ATTRS + ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a")),
+    "Qwen3_5MoeGatedDeltaNet": (_gated_delta_net, _GDN_ATTRS + ("in_proj_qkv", "in_proj_z", "in_proj_b",
+                                                                "in_proj_a")),
+    "Qwen3NextGatedDeltaNet": (_gated_delta_net, _GDN_ATTRS + ("in_proj_qkvz", "in_proj_ba",
+                                                               "fix_query_key_value_ordering")),
+    "Lfm2ShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
+    "Lfm2MoeShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# which models are handled, and attaching
+
+
+def _mixers(model: torch.nn.Module):
+    """``(name, module, packed_forward)`` of every known mixer, and the names of unknown ones."""
+    from seqpack.integrations.hf import _MIXER_CLASS
+    known, unknown = [], []
+    for name, module in model.named_modules():
+        cls = type(module).__name__
+        entry = MIXERS.get(cls)
+        if entry is not None and all(hasattr(module, a) for a in entry[1]):
+            known.append((name, module, entry[0]))
+        elif _MIXER_CLASS.search(cls) or entry is not None:
+            unknown.append(f"{cls} at {name}")
+    return known, unknown
+
+
+def handles(model: torch.nn.Module) -> bool:
+    """True when ``model`` has token mixers outside attention and seqpack makes every one of them
+    document-aware."""
+    known, unknown = _mixers(model)
+    return bool(known) and not unknown
+
+
+def _threads_kwargs(model: torch.nn.Module) -> bool:
+    try:
+        params = inspect.signature(type(model).forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def _wrap(module: torch.nn.Module, packed_forward, root: torch.nn.Module) -> None:
+    if _ORIGINAL in module.__dict__:
+        return
+    original = module.forward
+
+    def forward(*args, **kwargs):
+        seq_idx = kwargs.pop(SEQ_IDX_KWARG, None)
+        from_kwargs = seq_idx is not None
+        if seq_idx is None:
+            seq_idx = _CURRENT.get()
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        if seq_idx is None or hidden is None or tuple(hidden.shape[:2]) != tuple(seq_idx.shape):
+            return original(*args, **kwargs)
+        if not from_kwargs and root.training and getattr(root, "is_gradient_checkpointing", False):
+            raise _packing_error(
+                f"{type(module).__name__} does not receive the documents from its decoder layer, so gradient "
+                f"checkpointing would recompute it without them: call model.gradient_checkpointing_disable() "
+                f"to train this model packed")
+        return packed_forward(module, hidden, seq_idx.to(hidden.device))
+
+    module.__dict__[_ORIGINAL] = original
+    module.forward = forward
+
+
+def _packing_error(msg: str):
+    from seqpack.integrations.hf import PackingError
+    return PackingError(msg)
+
+
+def attach(model: torch.nn.Module) -> bool:
+    """Make the known mixers of ``model`` document-aware for packed calls; True when it has any.
+
+    Call after seqpack's packing hook is registered (its hook must run first). Idempotent.
+    """
+    known, _ = _mixers(model)
+    if not known:
+        return False
+    for _, module, packed_forward in known:
+        _wrap(module, packed_forward, model)
+    if getattr(model, _HOOKS, None) is None:
+        object.__setattr__(model, "_seqpack_threads_kwargs", _threads_kwargs(model))
+        pre = model.register_forward_pre_hook(_model_pre_hook_eager, with_kwargs=True)
+        post = model.register_forward_hook(_model_post_hook_eager, with_kwargs=True, always_call=True)
+        object.__setattr__(model, _HOOKS, (pre, post))
+    return True
+
+
+def detach(model: torch.nn.Module) -> None:
+    """Undo `attach`: the mixers get their own forward back, the hooks go."""
+    for module in model.modules():
+        original = module.__dict__.pop(_ORIGINAL, None)
+        if original is not None:
+            del module.forward
+    for handle in getattr(model, _HOOKS, None) or ():
+        handle.remove()
+    object.__setattr__(model, _HOOKS, None)
