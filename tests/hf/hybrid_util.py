@@ -19,7 +19,29 @@ HYBRID_OVERRIDES = {
     "qwen3_5_moe_text": {**_GDN, **_MOE},
     "qwen3_next": {**_GDN, **_MOE},
     "lfm2": dict(layer_types=["conv", "full_attention"], conv_L_cache=3),
+    # Mamba2 family: 4 heads of 8 over 2 groups, state 8, chunk 8 (documents span chunks)
+    "mamba2": dict(num_heads=8, head_dim=16, state_size=8, n_groups=2, expand=2, conv_kernel=4, chunk_size=8),
+    "bamba": dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=2, mamba_expand=2,
+                  mamba_chunk_size=8, attn_layer_indices=[1]),
+    "granitemoehybrid": dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=2, mamba_expand=2,
+                             mamba_chunk_size=8, layer_types=["mamba", "attention"], num_local_experts=4,
+                             shared_intermediate_size=64),
+    "falcon_h1": dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=2, mamba_expand=2,
+                      mamba_d_ssm=128, mamba_chunk_size=8),
+    "nemotron_h": dict(mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=8, n_groups=2, expand=2, chunk_size=8,
+                       layers_block_type=["mamba", "attention", "mlp"], n_routed_experts=4,
+                       moe_intermediate_size=32, moe_shared_expert_intermediate_size=32),
+    "zamba2": dict(n_mamba_heads=8, mamba_headdim=16, mamba_d_state=8, mamba_ngroups=2, mamba_expand=2,
+                   chunk_size=8, attention_hidden_size=128, attention_head_dim=32, num_query_groups=4,
+                   hybrid_layer_ids=[1], layers_block_type=["mamba", "hybrid"], use_mem_eff_path=False),
+    # Mamba1 family
+    "mamba": dict(state_size=8, expand=2, conv_kernel=4, time_step_rank=8),
+    "falcon_mamba": dict(state_size=8, expand=2, conv_kernel=4, time_step_rank=8),
+    "jamba": dict(mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8, attn_layer_period=2, attn_layer_offset=1,
+                  expert_layer_period=2, expert_layer_offset=1, num_experts=4),
 }
+# Families without attention: the attention implementation is irrelevant, eager is what they build with.
+NO_ATTENTION = {"mamba", "mamba2", "falcon_mamba"}
 
 
 def hybrid_config(family: str, **overrides):

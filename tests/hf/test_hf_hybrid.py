@@ -9,13 +9,17 @@ from seqpack.integrations import hf, hf_hybrid
 from seqpack.integrations.hf_verify import FORMS, compare_packed
 
 from hf_util import packed
-from hybrid_util import HYBRID_OVERRIDES, hybrid_config
+from hybrid_util import HYBRID_OVERRIDES, NO_ATTENTION, hybrid_config
 
 FAMILIES = list(HYBRID_OVERRIDES)
+# Attention implementations per family: both routes (mask-built, varlen) where the family has attention.
+CASES = [(f, impl) for f in FAMILIES for impl in (["eager"] if f in NO_ATTENTION else
+                                                  ["seqpack"] if f == "granitemoehybrid" else ["sdpa", "seqpack"])]
 
 
 def build(family, impl="sdpa", *, packing=True, **overrides):
     torch.manual_seed(0)
+    impl = "eager" if family in NO_ATTENTION else impl
     model = AutoModelForCausalLM.from_config(hybrid_config(family, **overrides), attn_implementation=impl,
                                              dtype=torch.float32)
     return hf.enable_packing(model) if packing else model
@@ -31,8 +35,7 @@ def test_family_is_handled_and_the_bare_model_leaks(family):
     assert bare["logits"] > 1e-2, "the bare model should leak through its mixers (else this test proves nothing)"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("impl", ["sdpa", "seqpack"])
+@pytest.mark.parametrize("family, impl", CASES)
 def test_packed_equals_documents_alone(family, impl):
     model = build(family, impl)
     docs, batch = packed("bsz3_padded")  # three rows, padding at the end of each
@@ -103,3 +106,21 @@ def test_a_mixer_laid_out_differently_stays_refused(monkeypatch):
     assert not hf_hybrid.handles(model)
     with pytest.raises(hf.PackingError, match="mix tokens outside attention"):
         hf.enable_packing(model)
+
+
+def test_mask_route_is_refused_where_the_family_ignores_packed_positions():
+    model = build("granitemoehybrid", "sdpa")
+    docs, batch = packed("bsz2_full")
+    with pytest.raises(hf.PackingError, match="set_attn_implementation\\('seqpack'\\)"):
+        compare_packed(model, docs, batch, form="collator")
+
+
+def test_checkpointing_is_refused_where_the_documents_would_not_reach_the_recomputation():
+    """Mamba's blocks do not pass extra keywords to the mixer, so the documents reach it only for the
+    forward; recomputing it in backward without them would leak: refused."""
+    model = build("mamba")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    docs, batch = packed("bsz2_full")
+    with pytest.raises(hf.PackingError, match="gradient checkpointing"):
+        compare_packed(model, docs, batch, form="collator")

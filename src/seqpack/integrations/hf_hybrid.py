@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import re
 
 import torch
 import torch.nn.functional as F
 
 from seqpack.boundaries import DocBoundaries
-from seqpack.mixers import causal_conv1d, chunk_gated_delta_rule
+from seqpack.mixers import causal_conv1d, chunk_gated_delta_rule, selective_scan, ssd_scan
 
 __all__ = ["handles", "attach", "detach", "packed_seq_idx", "MIXERS", "SEQ_IDX_KWARG"]
 
@@ -81,9 +82,29 @@ def packed_seq_idx(kwargs) -> torch.Tensor | None:
     return DocBoundaries.from_position_ids(pos).doc_ids()
 
 
+# Families whose decoder builds its attention mask without position_ids: on a mask-built attention
+# implementation (eager, sdpa, flex) transformers cannot see the documents there, only the varlen
+# kwargs reach their attention.
+_VARLEN_ONLY = {"granitemoehybrid": "GraniteMoeHybridModel builds its causal mask without position_ids"}
+
+
+def _check_route(module) -> None:
+    config = getattr(module, "config", None)
+    reason = _VARLEN_ONLY.get(getattr(config, "model_type", None))
+    if reason is None:
+        return
+    from seqpack.integrations.hf import attention_route
+    if attention_route(getattr(config, "_attn_implementation", None)) == "mask":
+        raise _packing_error(
+            f"{reason}, so on attn_implementation={config._attn_implementation!r} its attention layers would see "
+            f"across packed documents: use model.set_attn_implementation('seqpack') (or 'flash_attention_2')")
+
+
 def _model_pre_hook(module, args, kwargs):
     seq_idx = packed_seq_idx(kwargs) if not args else None
     _CURRENT.set(seq_idx)
+    if seq_idx is not None:
+        _check_route(module)
     if seq_idx is not None and getattr(module, "_seqpack_threads_kwargs", False):
         kwargs = dict(kwargs)
         kwargs[SEQ_IDX_KWARG] = seq_idx
@@ -140,6 +161,55 @@ def _short_conv(mod, hidden_states, seq_idx):
     return mod.out_proj(y.transpose(-1, -2).contiguous())
 
 
+def _mamba2(mod, hidden_states, seq_idx):
+    """Mamba2 mixer (Mamba2, Bamba, Nemotron-H, Granite-4 hybrid, Falcon-H1, Zamba2): projection, short
+    conv over x/B/C, SSD scan with D skip, gated RMSNorm (or a SiLU gate), output projection."""
+    dtype = hidden_states.dtype
+    Bsz, L, _ = hidden_states.shape
+    if hasattr(mod, "ssm_in_multiplier"):  # Falcon-H1's muP multipliers
+        hidden_states = hidden_states * mod.ssm_in_multiplier
+    proj = mod.in_proj(hidden_states)
+    if hasattr(mod, "mup_vector"):
+        proj = proj * mod.mup_vector
+    gate, xbc, dt = proj.split([mod.intermediate_size, mod.conv_dim, mod.num_heads], dim=-1)
+    xbc = causal_conv1d(xbc.transpose(1, 2), _conv_weight(mod.conv1d), mod.conv1d.bias, seq_idx,
+                        activation=mod.activation).transpose(1, 2)
+    G, N = mod.n_groups, mod.ssm_state_size
+    x, Bm, Cm = torch.split(xbc, [mod.intermediate_size, G * N, G * N], dim=-1)
+    dt = F.softplus(dt + mod.dt_bias.to(dt.dtype))
+    lo, hi = mod.time_step_limit
+    dt = torch.clamp(dt, min=lo, max=hi)
+    A = -torch.exp(mod.A_log.float())
+    y = ssd_scan(x.reshape(Bsz, L, mod.num_heads, mod.head_dim), dt, A, Bm.reshape(Bsz, L, G, N),
+                 Cm.reshape(Bsz, L, G, N), seq_idx, D=mod.D, chunk_size=mod.chunk_size)
+    y = y.reshape(Bsz, L, -1)
+    if getattr(mod, "mamba_rms_norm", True):
+        y = mod.norm(y, gate)
+    else:
+        y = y * F.silu(gate)
+    return mod.out_proj(y.to(dtype))
+
+
+def _mamba1(mod, hidden_states, seq_idx):
+    """Mamba1 mixer (Mamba, FalconMamba, Jamba): projection, short conv, selective scan gated by SiLU(z),
+    output projection; FalconMamba and Jamba RMS-normalise dt, B and C first."""
+    dtype = hidden_states.dtype
+    proj = mod.in_proj(hidden_states).transpose(1, 2)  # (B, 2I, L)
+    x, gate = proj.chunk(2, dim=1)
+    x = causal_conv1d(x, _conv_weight(mod.conv1d), mod.conv1d.bias, seq_idx, activation=mod.activation)
+    ts, Bm, Cm = torch.split(mod.x_proj(x.transpose(1, 2)), [mod.time_step_rank, mod.ssm_state_size,
+                                                             mod.ssm_state_size], dim=-1)
+    if hasattr(mod, "dt_layernorm"):
+        ts, Bm, Cm = mod.dt_layernorm(ts), mod.b_layernorm(Bm), mod.c_layernorm(Cm)
+    dt = mod.dt_proj.weight @ ts.transpose(1, 2)  # (B, I, L)
+    if mod.dt_proj.bias is not None:
+        dt = dt + mod.dt_proj.bias.to(dt.dtype)[:, None]
+    dt = F.softplus(dt)
+    A = -torch.exp(mod.A_log.float())
+    y = selective_scan(x, dt, A, Bm.transpose(1, 2), Cm.transpose(1, 2), seq_idx, D=mod.D, z=gate)
+    return mod.out_proj(y.transpose(1, 2).to(dtype))
+
+
 # mixer class name -> (packed forward, attributes it reads). A class whose instance lacks one of
 # the attributes (another transformers version laid the layer out differently) is not handled.
 _GDN_ATTRS = ("conv1d", "A_log", "dt_bias", "norm", "out_proj", "key_dim", "value_dim", "head_k_dim",
@@ -150,6 +220,14 @@ MIXERS = {
                                                                 "in_proj_a")),
     "Qwen3NextGatedDeltaNet": (_gated_delta_net, _GDN_ATTRS + ("in_proj_qkvz", "in_proj_ba",
                                                                "fix_query_key_value_ordering")),
+    **dict.fromkeys(["Mamba2Mixer", "BambaMixer", "NemotronHMamba2Mixer", "GraniteMoeHybridMambaLayer",
+                     "FalconH1Mixer", "Zamba2MambaMixer"],
+                    (_mamba2, ("in_proj", "conv1d", "A_log", "D", "dt_bias", "norm", "out_proj", "intermediate_size",
+                               "conv_dim", "num_heads", "head_dim", "n_groups", "ssm_state_size",
+                               "time_step_limit", "activation", "chunk_size"))),
+    **dict.fromkeys(["MambaMixer", "FalconMambaMixer", "JambaMambaMixer"],
+                    (_mamba1, ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj", "time_step_rank",
+                               "ssm_state_size", "activation"))),
     "Lfm2ShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
     "Lfm2MoeShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
 }
@@ -159,17 +237,25 @@ MIXERS = {
 # which models are handled, and attaching
 
 
+# Classes named after their family ("Mamba2RMSNorm") that mix no tokens.
+_NOT_A_MIXER = re.compile(r"Norm|MLP|Embedding|Rotary|Experts|Router")
+
+
 def _mixers(model: torch.nn.Module):
     """``(name, module, packed_forward)`` of every known mixer, and the names of unknown ones."""
     from seqpack.integrations.hf import _MIXER_CLASS
-    known, unknown = [], []
+    known, suspects = [], []
     for name, module in model.named_modules():
         cls = type(module).__name__
         entry = MIXERS.get(cls)
         if entry is not None and all(hasattr(module, a) for a in entry[1]):
             known.append((name, module, entry[0]))
-        elif _MIXER_CLASS.search(cls) or entry is not None:
-            unknown.append(f"{cls} at {name}")
+        elif (_MIXER_CLASS.search(cls) and not _NOT_A_MIXER.search(cls)) or entry is not None:
+            suspects.append((name, module))
+    # A name like "Mamba2Model" or "ZambaMambaDecoderLayer" is a container when a known mixer is inside it.
+    inside = {id(m) for _, mixer, _ in known for m in mixer.modules()}
+    unknown = [f"{type(m).__name__} at {name or '<root>'}" for name, m in suspects
+               if id(m) not in inside and not any(id(c) in {id(k) for _, k, _ in known} for c in m.modules())]
     return known, unknown
 
 
@@ -201,7 +287,7 @@ def _wrap(module: torch.nn.Module, packed_forward, root: torch.nn.Module) -> Non
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         if seq_idx is None or hidden is None or tuple(hidden.shape[:2]) != tuple(seq_idx.shape):
             return original(*args, **kwargs)
-        if not from_kwargs and root.training and getattr(root, "is_gradient_checkpointing", False):
+        if not from_kwargs and root.training and _checkpointing(root):
             raise _packing_error(
                 f"{type(module).__name__} does not receive the documents from its decoder layer, so gradient "
                 f"checkpointing would recompute it without them: call model.gradient_checkpointing_disable() "
@@ -210,6 +296,13 @@ def _wrap(module: torch.nn.Module, packed_forward, root: torch.nn.Module) -> Non
 
     module.__dict__[_ORIGINAL] = original
     module.forward = forward
+
+
+def _checkpointing(model: torch.nn.Module) -> bool:
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # renamed in transformers 5.x
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
 
 
 def _packing_error(msg: str):
