@@ -39,6 +39,11 @@ HYBRID_OVERRIDES = {
     "falcon_mamba": dict(state_size=8, expand=2, conv_kernel=4, time_step_rank=8),
     "jamba": dict(mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8, attn_layer_period=2, attn_layer_offset=1,
                   expert_layer_period=2, expert_layer_offset=1, num_experts=4),
+    "olmo_hybrid": _GDN,
+    "minimax": dict(layer_types=["linear_attention", "full_attention"], block_size=8, num_local_experts=4,
+                    num_experts_per_tok=2),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"], conv_L_cache=3, num_experts=4,
+                     num_experts_per_tok=2, moe_intermediate_size=32, num_dense_layers=1),
 }
 # Families without attention: the attention implementation is irrelevant, eager is what they build with.
 NO_ATTENTION = {"mamba", "mamba2", "falcon_mamba"}

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from seqpack.boundaries import DocBoundaries
-from seqpack.mixers import causal_conv1d, chunk_gated_delta_rule, selective_scan, ssd_scan
+from seqpack.mixers import (causal_conv1d, chunk_gated_delta_rule, chunk_linear_attention, selective_scan,
+                            ssd_scan)
 
 __all__ = ["handles", "attach", "detach", "packed_seq_idx", "MIXERS", "SEQ_IDX_KWARG"]
 
@@ -129,6 +130,20 @@ def _conv_weight(conv: torch.nn.Conv1d) -> torch.Tensor:
     return conv.weight.reshape(conv.weight.shape[0], -1)  # (C, 1, K) -> (C, K)
 
 
+def _delta_rule(mod, mixed, a, beta, seq_idx):
+    """The gated DeltaNet core shared by its families: short conv over q/k/v, decay, delta rule.
+    ``mixed (B, L, 2 * key_dim + value_dim)`` -> ``(B, L, Hv, Dv)``."""
+    B, L, _ = mixed.shape
+    mixed = causal_conv1d(mixed.transpose(1, 2), _conv_weight(mod.conv1d), mod.conv1d.bias, seq_idx,
+                          activation=mod.activation).transpose(1, 2)
+    q, k, v = torch.split(mixed, [mod.key_dim, mod.key_dim, mod.value_dim], dim=-1)
+    q = q.reshape(B, L, -1, mod.head_k_dim)
+    k = k.reshape(B, L, -1, mod.head_k_dim)
+    v = v.reshape(B, L, -1, mod.head_v_dim)
+    g = -mod.A_log.float().exp() * F.softplus(a.float() + mod.dt_bias)
+    return chunk_gated_delta_rule(q, k, v, g, beta, seq_idx, use_qk_l2norm=True)
+
+
 def _gated_delta_net(mod, hidden_states, seq_idx):
     """Qwen3.5 / Qwen3-Next gated DeltaNet: projections, short conv, gated delta rule, gated norm."""
     B, L, _ = hidden_states.shape
@@ -140,17 +155,36 @@ def _gated_delta_net(mod, hidden_states, seq_idx):
         mixed = mod.in_proj_qkv(hidden_states)
         z = mod.in_proj_z(hidden_states).reshape(B, L, -1, mod.head_v_dim)
         b, a = mod.in_proj_b(hidden_states), mod.in_proj_a(hidden_states)
-    mixed = causal_conv1d(mixed.transpose(1, 2), _conv_weight(mod.conv1d), mod.conv1d.bias, seq_idx,
-                          activation=mod.activation).transpose(1, 2)
-    q, k, v = torch.split(mixed, [mod.key_dim, mod.key_dim, mod.value_dim], dim=-1)
-    q = q.reshape(B, L, -1, mod.head_k_dim)
-    k = k.reshape(B, L, -1, mod.head_k_dim)
-    v = v.reshape(B, L, -1, mod.head_v_dim)
-    beta = b.sigmoid()
-    g = -mod.A_log.float().exp() * F.softplus(a.float() + mod.dt_bias)
-    o = chunk_gated_delta_rule(q, k, v, g, beta, seq_idx, use_qk_l2norm=True)
+    o = _delta_rule(mod, mixed, a, b.sigmoid(), seq_idx)
     o = mod.norm(o.reshape(-1, mod.head_v_dim), z.reshape(-1, mod.head_v_dim)).reshape(B, L, -1)
     return mod.out_proj(o)
+
+
+def _olmo_gated_delta_net(mod, hidden_states, seq_idx):
+    """OLMo hybrid gated DeltaNet: separate q/k/v/a/b/g projections, beta in [0, 2] with negative eigenvalues."""
+    B, L, _ = hidden_states.shape
+    h = hidden_states
+    mixed = torch.cat([mod.q_proj(h), mod.k_proj(h), mod.v_proj(h)], dim=-1)
+    beta = mod.b_proj(h).sigmoid()
+    if mod.allow_neg_eigval:
+        beta = beta * 2.0
+    o = _delta_rule(mod, mixed, mod.a_proj(h), beta, seq_idx)
+    o = mod.o_norm(o.reshape(-1, mod.head_v_dim), mod.g_proj(h).reshape(-1, mod.head_v_dim)).reshape(B, L, -1)
+    return mod.o_proj(o)
+
+
+def _lightning_attention(mod, hidden_states, seq_idx):
+    """MiniMax lightning attention: linear attention with a fixed decay per head, RMSNorm, sigmoid gate.
+    Returns ``(output, None)`` like the layer (no state is kept for a packed batch)."""
+    B, L, _ = hidden_states.shape
+    H, D = mod.num_attention_heads, mod.head_dim
+    qkv = mod.act_fn(mod.qkv_proj(hidden_states)).reshape(B, L, H, 3 * D)
+    q, k, v = torch.split(qkv, D, dim=3)
+    log_decay = (-mod.slope_rate.reshape(H).float()).expand(B, L, H)
+    o = chunk_linear_attention(q, k, v, log_decay, seq_idx, chunk_size=mod.block_size)
+    o = mod.norm(o.reshape(B, L, H * D))
+    o = torch.sigmoid(mod.output_gate(hidden_states)) * o
+    return mod.out_proj(o), None
 
 
 def _short_conv(mod, hidden_states, seq_idx):
@@ -228,6 +262,12 @@ MIXERS = {
     **dict.fromkeys(["MambaMixer", "FalconMambaMixer", "JambaMambaMixer"],
                     (_mamba1, ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D", "out_proj", "time_step_rank",
                                "ssm_state_size", "activation"))),
+    "OlmoHybridGatedDeltaNet": (_olmo_gated_delta_net, ("conv1d", "A_log", "dt_bias", "key_dim", "value_dim",
+                                                        "head_k_dim", "head_v_dim", "activation", "q_proj", "k_proj",
+                                                        "v_proj", "a_proj", "b_proj", "g_proj", "o_norm", "o_proj",
+                                                        "allow_neg_eigval")),
+    "MiniMaxLightningAttention": (_lightning_attention, ("qkv_proj", "act_fn", "slope_rate", "norm", "output_gate",
+                                                         "out_proj", "num_attention_heads", "head_dim", "block_size")),
     "Lfm2ShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
     "Lfm2MoeShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
 }
