@@ -44,6 +44,8 @@ HYBRID_OVERRIDES = {
                     num_experts_per_tok=2),
     "lfm2_moe": dict(layer_types=["conv", "full_attention"], conv_L_cache=3, num_experts=4,
                      num_experts_per_tok=2, moe_intermediate_size=32, num_dense_layers=1),
+    "recurrent_gemma": dict(lru_width=64, block_types=["recurrent", "attention"], attention_window_size=8,
+                            num_key_value_heads=4),
 }
 # Families without attention: the attention implementation is irrelevant, eager is what they build with.
 NO_ATTENTION = {"mamba", "mamba2", "falcon_mamba"}

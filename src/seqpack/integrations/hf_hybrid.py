@@ -244,6 +244,20 @@ def _mamba1(mod, hidden_states, seq_idx):
     return mod.out_proj(y.transpose(1, 2).to(dtype))
 
 
+def _recurrent_gemma_block(mod, hidden_states, seq_idx):
+    """RecurrentGemma recurrent block: the short conv cut at boundaries; the layer's own RG-LRU, which
+    restarts wherever its position is 0, given per-document positions. Returns ``(output, None)``."""
+    from seqpack.mixers import segment_positions
+    y = mod.act_fn(mod.linear_y(hidden_states))
+    x = causal_conv1d(mod.linear_x(hidden_states).transpose(1, 2), _conv_weight(mod.conv_1d), mod.conv_1d.bias,
+                      seq_idx)
+    mod.conv1d_state = None
+    mod.rg_lru.recurrent_states = None
+    x = mod.rg_lru(x.transpose(1, 2), segment_positions(seq_idx))
+    mod.rg_lru.recurrent_states = None  # no state outlives a packed call
+    return mod.linear_out(x * y), None
+
+
 # mixer class name -> (packed forward, attributes it reads). A class whose instance lacks one of
 # the attributes (another transformers version laid the layer out differently) is not handled.
 _GDN_ATTRS = ("conv1d", "A_log", "dt_bias", "norm", "out_proj", "key_dim", "value_dim", "head_k_dim",
@@ -268,6 +282,8 @@ MIXERS = {
                                                         "allow_neg_eigval")),
     "MiniMaxLightningAttention": (_lightning_attention, ("qkv_proj", "act_fn", "slope_rate", "norm", "output_gate",
                                                          "out_proj", "num_attention_heads", "head_dim", "block_size")),
+    "RecurrentGemmaRecurrentBlock": (_recurrent_gemma_block, ("linear_x", "linear_y", "linear_out", "conv_1d",
+                                                              "rg_lru", "act_fn")),
     "Lfm2ShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
     "Lfm2MoeShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
 }
