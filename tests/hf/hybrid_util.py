@@ -46,6 +46,8 @@ HYBRID_OVERRIDES = {
                      num_experts_per_tok=2, moe_intermediate_size=32, num_dense_layers=1),
     "recurrent_gemma": dict(lru_width=64, block_types=["recurrent", "attention"], attention_window_size=8,
                             num_key_value_heads=4),
+    "zamba": dict(n_mamba_heads=2, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8, attention_hidden_size=128,
+                  attention_head_dim=32, layer_types=["mamba", "hybrid"]),
 }
 # Families without attention: the attention implementation is irrelevant, eager is what they build with.
 NO_ATTENTION = {"mamba", "mamba2", "falcon_mamba"}

@@ -22,6 +22,12 @@ def build(family, impl="sdpa", *, packing=True, **overrides):
     impl = "eager" if family in NO_ATTENTION else impl
     model = AutoModelForCausalLM.from_config(hybrid_config(family, **overrides), attn_implementation=impl,
                                              dtype=torch.float32)
+    with torch.no_grad():  # some mixers start with zero projections (Zamba's x_proj): the scan would be idle
+        for m in model.modules():
+            if type(m).__name__ in hf_hybrid.MIXERS:
+                for p in m.parameters(recurse=False):
+                    if not p.any():
+                        p.normal_(0, 0.1)
     return hf.enable_packing(model) if packing else model
 
 
@@ -32,7 +38,8 @@ def test_family_is_handled_and_the_bare_model_leaks(family):
     assert hf.token_mixers_outside_attention(model) == []
     docs, batch = packed("bsz2_full")
     bare = compare_packed(model, docs, batch, form="position_ids", backward=False)
-    assert bare["logits"] > 1e-2, "the bare model should leak through its mixers (else this test proves nothing)"
+    # 10x the tolerance of the packed checks: a leak those checks would see (else they prove nothing)
+    assert bare["logits"] > 1e-3, "the bare model should leak through its mixers"
 
 
 @pytest.mark.parametrize("family, impl", CASES)

@@ -258,6 +258,30 @@ def _recurrent_gemma_block(mod, hidden_states, seq_idx):
     return mod.linear_out(x * y), None
 
 
+def _zamba_mamba(mod, hidden_states, seq_idx):
+    """Zamba's multi-head Mamba1 mixer: one short conv over all channels, then per head the x/dt projections
+    and a selective scan gated by SiLU(z); the heads concatenated into the output projection."""
+    dtype = hidden_states.dtype
+    Bsz, L, _ = hidden_states.shape
+    nh, hd = mod.n_mamba_heads, mod.mamba_head_dim
+    x, gate = mod.in_proj(hidden_states).transpose(1, 2).view(Bsz, -1, 2, L).chunk(2, dim=2)
+    gate = gate.reshape(Bsz, nh, hd, L).transpose(0, 1)
+    x = causal_conv1d(x.squeeze(2).contiguous(), _conv_weight(mod.conv1d), mod.conv1d.bias, seq_idx,
+                      activation=mod.activation)
+    x = x.reshape(Bsz, nh, hd, L).transpose(0, 1)  # (heads, B, hd, L)
+    ts, Bm, Cm = torch.split((mod.x_proj_weight[:, None] @ x).transpose(-1, -2),
+                             [mod.time_step_rank, mod.ssm_state_size, mod.ssm_state_size], dim=-1)
+    dt = mod.dt_proj_weight[:, None] @ ts.transpose(-1, -2)  # (heads, B, hd, L)
+    A = -torch.exp(mod.A_log.float())
+    ys = []
+    for h in range(nh):
+        dt_h = F.softplus(dt[h] + mod.dt_proj_bias[h].to(dt.dtype)[:, None])
+        ys.append(selective_scan(x[h], dt_h, A[h], Bm[h].transpose(1, 2), Cm[h].transpose(1, 2), seq_idx,
+                                 D=mod.D[h], z=gate[h]))
+    y = torch.cat(ys, dim=1)  # (B, I, L)
+    return mod.out_proj(y.transpose(1, 2).to(dtype))
+
+
 # mixer class name -> (packed forward, attributes it reads). A class whose instance lacks one of
 # the attributes (another transformers version laid the layer out differently) is not handled.
 _GDN_ATTRS = ("conv1d", "A_log", "dt_bias", "norm", "out_proj", "key_dim", "value_dim", "head_k_dim",
@@ -284,6 +308,9 @@ MIXERS = {
                                                          "out_proj", "num_attention_heads", "head_dim", "block_size")),
     "RecurrentGemmaRecurrentBlock": (_recurrent_gemma_block, ("linear_x", "linear_y", "linear_out", "conv_1d",
                                                               "rg_lru", "act_fn")),
+    "ZambaMambaMixer": (_zamba_mamba, ("in_proj", "conv1d", "x_proj_weight", "dt_proj_weight", "dt_proj_bias",
+                                       "A_log", "D", "out_proj", "n_mamba_heads", "mamba_head_dim", "time_step_rank",
+                                       "ssm_state_size", "activation")),
     "Lfm2ShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
     "Lfm2MoeShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
 }
