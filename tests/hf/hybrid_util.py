@@ -48,6 +48,15 @@ HYBRID_OVERRIDES = {
                             num_key_value_heads=4),
     "zamba": dict(n_mamba_heads=2, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8, attention_hidden_size=128,
                   attention_head_dim=32, layer_types=["mamba", "hybrid"]),
+    # Kimi delta attention (decay per key channel) + MLA attention
+    "kimi_linear": dict(linear_num_heads=4, linear_head_dim=16, layer_types=["linear_attention", "full_attention"],
+                        mlp_layer_types=["dense", "sparse"], num_experts=4, num_experts_per_token=2,
+                        moe_intermediate_size=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                        v_head_dim=16, head_dim=16, num_key_value_heads=4),
+    "bailing_hybrid": dict(layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
+                           num_experts=4, num_experts_per_token=2, moe_intermediate_size=32, kv_lora_rank=16,
+                           qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, head_dim=16, layer_group_size=2, num_key_value_heads=4,
+                           num_nextn_predict_layers=0, num_expert_group=1, topk_group=1),
 }
 # Families without attention: the attention implementation is irrelevant, eager is what they build with.
 NO_ATTENTION = {"mamba", "mamba2", "falcon_mamba"}

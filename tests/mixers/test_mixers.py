@@ -171,3 +171,19 @@ def test_rg_lru_matches_documents_alone():
     torch.manual_seed(0)
     x, log_a = torch.randn(2, L, 6), -F.softplus(torch.randn(2, L, 6))
     check(lambda x, la, s: rg_lru(x, la, s), [x, log_a], [1, 1])
+
+
+def test_recurrent_delta_rule_with_a_decay_per_key_channel():
+    """Kimi delta attention: per-channel decay, packed = documents alone; scalar decay = the chunked form."""
+    from seqpack.mixers import gated_delta_rule_recurrent
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, L, 3, 8), torch.randn(2, L, 3, 8), torch.randn(2, L, 3, 5)
+    g = -F.softplus(torch.randn(2, L, 3, 8))
+    beta = torch.rand(2, L, 3)
+    check(lambda q, k, v, g, b, s: gated_delta_rule_recurrent(q, k, v, g, b, s, use_qk_l2norm=True),
+          [q, k, v, g, beta], [1] * 5)
+    seq_idx, _ = layout()
+    g1 = g[..., 0]
+    close(gated_delta_rule_recurrent(q, k, v, g1, beta, seq_idx, use_qk_l2norm=True),
+          chunk_gated_delta_rule(q, k, v, g1, beta, seq_idx, use_qk_l2norm=True, chunk_size=CHUNK),
+          "recurrent vs chunked gated delta rule")

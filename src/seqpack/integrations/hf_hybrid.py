@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from seqpack.boundaries import DocBoundaries
-from seqpack.mixers import (causal_conv1d, chunk_gated_delta_rule, chunk_linear_attention, selective_scan,
-                            ssd_scan)
+from seqpack.mixers import (causal_conv1d, chunk_gated_delta_rule, chunk_linear_attention, gated_delta_rule_recurrent,
+                            selective_scan, ssd_scan)
 
 __all__ = ["handles", "attach", "detach", "packed_seq_idx", "MIXERS", "SEQ_IDX_KWARG"]
 
@@ -282,6 +282,22 @@ def _zamba_mamba(mod, hidden_states, seq_idx):
     return mod.out_proj(y.transpose(1, 2).to(dtype))
 
 
+def _kimi_delta_attention(mod, hidden_states, seq_idx):
+    """Kimi delta attention (Kimi Linear, Bailing hybrid): gated delta rule whose decay is per key channel,
+    after a short conv over q/k/v; gated RMSNorm on the output (gate from g_a/g_b or g_proj)."""
+    B, L, _ = hidden_states.shape
+    h = hidden_states
+    shape = (B, L, -1, mod.head_dim)
+    mixed = torch.cat([mod.q_proj(h), mod.k_proj(h), mod.v_proj(h)], dim=-1)
+    mixed = causal_conv1d(mixed.transpose(1, 2), _conv_weight(mod.conv1d), mod.conv1d.bias, seq_idx,
+                          activation=mod.activation).transpose(1, 2)
+    q, k, v = (x.reshape(shape) for x in torch.split(mixed, [mod.qkv_dim] * 3, dim=-1))
+    o = gated_delta_rule_recurrent(q, k, v, mod.forget_gate(h), torch.sigmoid(mod.b_proj(h)), seq_idx,
+                                   use_qk_l2norm=True)
+    gate = mod.g_b_proj(mod.g_a_proj(h)) if hasattr(mod, "g_a_proj") else mod.g_proj(h)
+    return mod.o_proj(mod.o_norm(o, gate.reshape(shape)).reshape(B, L, -1))
+
+
 # mixer class name -> (packed forward, attributes it reads). A class whose instance lacks one of
 # the attributes (another transformers version laid the layer out differently) is not handled.
 _GDN_ATTRS = ("conv1d", "A_log", "dt_bias", "norm", "out_proj", "key_dim", "value_dim", "head_k_dim",
@@ -311,6 +327,12 @@ MIXERS = {
     "ZambaMambaMixer": (_zamba_mamba, ("in_proj", "conv1d", "x_proj_weight", "dt_proj_weight", "dt_proj_bias",
                                        "A_log", "D", "out_proj", "n_mamba_heads", "mamba_head_dim", "time_step_rank",
                                        "ssm_state_size", "activation")),
+    "KimiLinearDeltaAttention": (_kimi_delta_attention, ("q_proj", "k_proj", "v_proj", "conv1d", "forget_gate",
+                                                         "b_proj", "g_a_proj", "g_b_proj", "o_norm", "o_proj",
+                                                         "head_dim", "qkv_dim", "activation")),
+    "BailingHybridDeltaAttention": (_kimi_delta_attention, ("q_proj", "k_proj", "v_proj", "conv1d", "forget_gate",
+                                                            "b_proj", "g_proj", "o_norm", "o_proj", "head_dim",
+                                                            "qkv_dim", "activation")),
     "Lfm2ShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
     "Lfm2MoeShortConv": (_short_conv, ("in_proj", "conv", "out_proj")),
 }
@@ -320,8 +342,9 @@ MIXERS = {
 # which models are handled, and attaching
 
 
-# Classes named after their family ("Mamba2RMSNorm") that mix no tokens.
-_NOT_A_MIXER = re.compile(r"Norm|MLP|Embedding|Rotary|Experts|Router")
+# Classes named after their family ("Mamba2RMSNorm", Kimi Linear's softmax attention) that mix no tokens
+# outside attention.
+_NOT_A_MIXER = re.compile(r"Norm|MLP|Embedding|Rotary|Experts|Router|^KimiLinearAttention$")
 
 
 def _mixers(model: torch.nn.Module):

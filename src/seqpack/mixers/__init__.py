@@ -23,9 +23,9 @@ Notable:
 
 from seqpack.mixers._segments import segment_positions, segment_starts
 from seqpack.mixers.conv import causal_conv1d
-from seqpack.mixers.delta import chunk_gated_delta_rule
+from seqpack.mixers.delta import chunk_gated_delta_rule, gated_delta_rule_recurrent
 from seqpack.mixers.scan import rg_lru, selective_scan
 from seqpack.mixers.ssd import chunk_linear_attention, ssd_scan
 
-__all__ = ["causal_conv1d", "chunk_gated_delta_rule", "chunk_linear_attention", "ssd_scan",
+__all__ = ["causal_conv1d", "chunk_gated_delta_rule", "gated_delta_rule_recurrent", "chunk_linear_attention", "ssd_scan",
            "selective_scan", "rg_lru", "segment_starts", "segment_positions"]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from seqpack.mixers._segments import chunk_masks, one_segment_per_row, pad_to_chunks, segment_starts
 
-__all__ = ["chunk_gated_delta_rule", "cu_seqlens_of"]
+__all__ = ["chunk_gated_delta_rule", "gated_delta_rule_recurrent", "cu_seqlens_of"]
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -121,3 +121,33 @@ def _torch_chunked(q, k, v, g, beta, seq_idx, scale, use_qk_l2norm, C):
         S = S * keep[:, :, i] + k_out[:, :, i].transpose(-1, -2) @ v_new
     o = torch.stack(out, dim=2).reshape(B, H, N * C, -1)[:, :, :L]
     return o.transpose(1, 2).contiguous().to(dtype)
+
+
+def gated_delta_rule_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
+                               beta: torch.Tensor, seq_idx: torch.Tensor | None = None, *,
+                               scale: float | None = None, use_qk_l2norm: bool = False) -> torch.Tensor:
+    """The gated delta rule token by token, with a decay per key channel allowed (Kimi delta attention).
+
+    Same contract as `chunk_gated_delta_rule` (``q, k (B, L, H, Dk)``, ``v (B, L, H, Dv)``, one q/k
+    head per value head here), except ``g`` may be ``(B, L, H)`` or ``(B, L, H, Dk)``: the state's
+    key rows decay by ``exp(g_t)`` channel by channel. The state restarts from zero at every segment
+    start of ``seq_idx``. A loop over tokens: exact, slow for long rows.
+    """
+    dtype = v.dtype
+    B, L, H, Dk = k.shape
+    scale = Dk ** -0.5 if scale is None else scale
+    q, k, v, g, beta = (x.float() for x in (q, k, v, g, beta))
+    if use_qk_l2norm:
+        q, k = l2norm(q), l2norm(k)
+    q = q * scale
+    decay = g.exp() if g.dim() == 4 else g.exp()[..., None].expand(B, L, H, Dk)
+    if seq_idx is not None:
+        decay = decay * (~segment_starts(seq_idx)).to(decay.dtype)[:, :, None, None]  # forget the last document
+    S = q.new_zeros(B, H, Dk, v.shape[-1])
+    out = []
+    for t in range(L):
+        S = S * decay[:, t, :, :, None]
+        delta = (v[:, t] - torch.einsum("bhkv,bhk->bhv", S, k[:, t])) * beta[:, t, :, None]
+        S = S + k[:, t, :, :, None] * delta[:, :, None, :]
+        out.append(torch.einsum("bhkv,bhk->bhv", S, q[:, t]))
+    return torch.stack(out, dim=1).to(dtype)
