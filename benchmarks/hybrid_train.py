@@ -100,29 +100,25 @@ def predicted(labels: torch.Tensor) -> int:
     return int((labels[..., 1:] != -100).sum())
 
 
-def train(model, steps_batches, device, lr: float):
-    """One optimiser step per list of micro-batches; returns (losses, seconds per step, tokens)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    losses, times = [], []
-    for micro in steps_batches:
-        micro = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in m.items()} for m in micro]
-        total = sum(predicted(m["labels"]) for m in micro)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step_loss = 0.0
-        for m in micro:
-            out = model(**m)
-            loss = out.loss * (predicted(m["labels"]) / total)  # token mean over the whole step
-            loss.backward()
-            step_loss += float(loss.detach())
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        losses.append(step_loss)
-    return losses, times
+def step(model, opt, micro, device) -> tuple[float, float]:
+    """One optimiser step over a list of micro-batches: (loss, seconds). The loss is the token mean
+    over the whole step, whatever the micro-batches."""
+    micro = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in m.items()} for m in micro]
+    total = sum(predicted(m["labels"]) for m in micro)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step_loss = 0.0
+    for m in micro:
+        out = model(**m)
+        loss = out.loss * (predicted(m["labels"]) / total)
+        loss.backward()
+        step_loss += float(loss.detach())
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return step_loss, time.perf_counter() - t0
 
 
 def compare(args) -> dict:
@@ -137,21 +133,29 @@ def compare(args) -> dict:
     slots = {"padded": [sum(m["input_ids"].numel() for m in st) for st in padded_steps],
              "packed": [sum(m["input_ids"].numel() for m in st) for st in packed_steps]}
 
-    results = {}
     runs = [("padded", padded_steps), ("packed", packed_steps)]
     if args.control:  # the same packed rows on the bare model: its DeltaNet state leaks across documents
         runs.append(("bare", packed_steps))
         slots["bare"] = slots["packed"]
-    for name, batches in runs:
-        model = qwen35_like(args.vocab, args.hidden, args.layers, device, dtype)
+    models = {}
+    for name, _ in runs:
+        models[name] = qwen35_like(args.vocab, args.hidden, args.layers, device, dtype)
         if name == "packed":
-            hf.enable_packing(model)
-        losses, times = train(model, batches, device, args.lr)
-        timed = slice(1, None) if len(times) > 1 else slice(None)  # the first step warms up
-        results[name] = dict(losses=losses, times=times,
-                             tok_s=sum(useful[timed]) / sum(times[timed]),
-                             fill=sum(useful) / sum(slots[name]))
-        del model
+            hf.enable_packing(models[name])
+    opts = {name: torch.optim.AdamW(m.parameters(), lr=args.lr) for name, m in models.items()}
+    results = {name: dict(losses=[], times=[]) for name, _ in runs}
+    # Steps interleaved (padded, packed, ... for step 0, then step 1, ...): on a shared machine the
+    # load drifts, and it then drifts for every layout alike.
+    for i in range(args.steps):
+        for name, batches in runs:
+            loss, secs = step(models[name], opts[name], batches[i], device)
+            results[name]["losses"].append(loss)
+            results[name]["times"].append(secs)
+    timed = slice(1, None) if args.steps > 1 else slice(None)  # the first step warms up
+    for name, _ in runs:
+        r = results[name]
+        r["tok_s"] = sum(useful[timed]) / sum(r["times"][timed])
+        r["fill"] = sum(useful) / sum(slots[name])
     results["max_loss_diff"] = max(abs(a - b) for a, b in zip(results["padded"]["losses"],
                                                                results["packed"]["losses"]))
     results["speedup"] = results["packed"]["tok_s"] / results["padded"]["tok_s"]

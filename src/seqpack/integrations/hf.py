@@ -21,8 +21,9 @@ Notable:
 - ``use_cache`` left at its default (None) is turned off for packed batches: with a cache
   transformers silently skips the document mask (REFERENCE.md section 4). A cache the
   caller asked for explicitly is refused instead (`PackingError`), as are a 0/1 mask
-  that lost its document labels, layers that mix tokens outside attention (Mamba and
-  other recurrent/convolutional layers would need ``seq_idx``), an attention
+  that lost its document labels, layers that mix tokens outside attention that seqpack
+  does not make document-aware (`seqpack.integrations.hf_hybrid` does so for the Mamba,
+  gated DeltaNet, short-convolution and other hybrid families it knows), an attention
   implementation seqpack does not know, and transformers older than 5.0.
 - Labels: a document's first token is never a target of the previous document's last
   token; the hook sets -100 there when it derives documents from a mask or positions
@@ -375,8 +376,8 @@ def enable_packing(model: torch.nn.Module, *, attn_implementation: str | None = 
 
     Raises:
         PackingError: transformers older than `MIN_TRANSFORMERS`, layers that mix tokens
-            outside attention (Mamba, linear attention, short convolutions), or an
-            attention implementation seqpack cannot vouch for.
+            outside attention that `seqpack.integrations.hf_hybrid` does not make
+            document-aware, or an attention implementation seqpack cannot vouch for.
     """
     check_transformers_version()
     register_seqpack_attention()
