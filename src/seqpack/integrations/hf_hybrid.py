@@ -78,7 +78,7 @@ def packed_seq_idx(kwargs) -> torch.Tensor | None:
     if kwargs.get("attention_mask") is not None or pos is None or pos.shape[-1] != L or L < 2:
         return None
     pos = pos.reshape(-1, L).expand(B, -1)
-    if pos.dim() != 2 or not bool((pos[:, 1:] != pos[:, :-1] + 1).any()):
+    if not bool((pos[:, 1:] != pos[:, :-1] + 1).any()):
         return None
     return DocBoundaries.from_position_ids(pos).doc_ids()
 
