@@ -40,7 +40,7 @@ from seqpack.boundaries import DocBoundaries
 from seqpack.mixers import (causal_conv1d, chunk_gated_delta_rule, chunk_linear_attention, gated_delta_rule_recurrent,
                             selective_scan, ssd_scan)
 
-__all__ = ["handles", "attach", "detach", "packed_seq_idx", "MIXERS", "SEQ_IDX_KWARG"]
+__all__ = ["handles", "attach", "detach", "packed_seq_idx", "MIXERS", "SEQ_IDX_KWARG", "MIN_TRANSFORMERS"]
 
 SEQ_IDX_KWARG = "seqpack_seq_idx"
 _HOOKS = "_seqpack_hybrid_hooks"
@@ -365,9 +365,23 @@ def _mixers(model: torch.nn.Module):
     return known, unknown
 
 
+# The oldest transformers whose hybrid layers were checked against the documents alone. Older 5.x
+# releases lay several of these families out differently (their attention masks or kernels
+# differ too), so packing them stays refused there.
+MIN_TRANSFORMERS = "5.25.0"
+
+
+def _transformers_ok() -> bool:
+    from packaging.version import Version
+    import transformers
+    return Version(transformers.__version__) >= Version(MIN_TRANSFORMERS)
+
+
 def handles(model: torch.nn.Module) -> bool:
     """True when ``model`` has token mixers outside attention and seqpack makes every one of them
-    document-aware."""
+    document-aware (transformers >= `MIN_TRANSFORMERS`)."""
+    if not _transformers_ok():
+        return False
     known, unknown = _mixers(model)
     return bool(known) and not unknown
 
@@ -422,7 +436,7 @@ def attach(model: torch.nn.Module) -> bool:
     Call after seqpack's packing hook is registered (its hook must run first). Idempotent.
     """
     known, _ = _mixers(model)
-    if not known:
+    if not known or not _transformers_ok():
         return False
     for _, module, packed_forward in known:
         _wrap(module, packed_forward, model)
