@@ -7,7 +7,7 @@ collator and `enable_packing`: the DeltaNet layers restart at every document). T
 step must agree (the same math on the same tokens), and packed should be faster in useful
 tokens/s (document tokens only). One table, printed.
 
-    python3 benchmarks/hybrid_train.py                       # CPU, ~1-2 minutes on 2 cores
+    python3 benchmarks/hybrid_train.py --control             # CPU: a few minutes on 2 cores
     python3 benchmarks/hybrid_train.py --device cuda --hidden 1024 --layers 8 --capacity 4096 \\
         --docs-per-step 64 --max-doc 4096 --steps 6        # a GPU (benchmarks/gpu_hybrid.py runs this)
 
