@@ -201,14 +201,18 @@ _POSITION_OFFSET_FAMILIES = frozenset({
 # the mask-built implementations the hook builds the block-diagonal mask itself (transformers'
 # own builders, so dtype and convention are the implementation's) and passes it ready-made, a
 # 4D mask (or one per layer type), which the models use as given.
-_MASK_BY_HOOK_FAMILIES = frozenset({"opt", "biogpt", "afmoe", "gpt_oss", "mpt", "trocr", "xglm"})
-# These run only their own attention code (no transformers attention interface) and build their
-# masks from a 0/1 padding mask, or none: nothing seqpack hands them reaches that code as
-# documents.
-# bloom also builds its ALiBi bias from the 2D mask, so a ready-made 4D mask cannot reach it.
-_OWN_MASK_FAMILIES = frozenset({
-    "big_bird", "megatron-bert", "openai-gpt", "rembert", "roformer", "xlm", "xlnet", "cpmant", "bloom",
-})
+_MASK_BY_HOOK_FAMILIES = frozenset({"opt", "biogpt", "afmoe", "gpt_oss", "mpt", "xglm"})
+# Families no document seqpack hands over can reach, and why.
+_OWN_CODE = ("runs its own attention code and builds its mask from a 0/1 padding mask: no document mask seqpack "
+             "can hand it reaches that code")
+_REFUSED_FAMILIES = {
+    **{f: _OWN_CODE for f in ("big_bird", "megatron-bert", "openai-gpt", "rembert", "roformer", "xlm", "xlnet",
+                              "cpmant")},
+    "bloom": "builds its ALiBi bias from the 2D padding mask, so a ready-made document mask cannot reach its "
+             "attention (and it runs its own attention code)",
+    "trocr": "numbers positions from the whole row (it takes no position_ids), so no document can restart at "
+             "position 0",
+}
 
 
 def _model_type(model) -> str | None:
@@ -250,12 +254,12 @@ def _check_implementation_used(model, impl: str | None) -> None:
 
 def _check_family(model) -> None:
     family = _model_type(model)
-    if family in _OWN_MASK_FAMILIES:
+    if family in _REFUSED_FAMILIES:
         raise PackingError(
-            f"{type(model).__name__} ({family!r}) runs its own attention code and builds its mask from a 0/1 padding "
-            f"mask: no document mask seqpack can hand it reaches that code, so packed documents would attend to "
-            f"each other. Train this model unpacked (DataCollatorForPacking(pack=False)), or use a model whose "
-            f"attention goes through transformers' attention interface (llama, qwen2, gpt2, ...).")
+            f"{type(model).__name__} ({family!r}) {_REFUSED_FAMILIES[family]}, so packed documents would attend to "
+            f"each other or be positioned wrongly. Train this model unpacked (DataCollatorForPacking(pack=False)), "
+            f"or use a model whose attention goes through transformers' attention interface (llama, qwen2, gpt2, "
+            f"...).")
 
 
 # ----------------------------------------------------------------------------------------
