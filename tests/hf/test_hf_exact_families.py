@@ -98,7 +98,7 @@ def test_mla_backward_on_seqpack():
 
 @pytest.mark.parametrize("family, words", [
     ("xlstm", "xLSTM"), ("zaya", "convolution"), ("openai-gpt", "own attention code"),
-    ("bloom", "ALiBi"), ("trocr", "takes no position_ids"),
+    ("bloom", "ALiBi"), ("trocr", "takes no position_ids"), ("bart", "takes no position_ids"),
 ])
 def test_refused_families(family, words):
     model = model_of(family, "eager", packing=False)
@@ -118,3 +118,14 @@ def test_unknown_sequence_convolution_is_caught():
     model.model.layers[0].add_module("conv", torch.nn.Conv1d(64, 64, kernel_size=4, groups=64))
     with pytest.raises(PackingError, match="Conv1d"):
         hf.enable_packing(model)
+
+
+def test_byte_patch_family_is_refused_by_name():
+    """blt groups bytes into patches across the whole row (its tiny model is large: named, not built)."""
+    from transformers import AutoConfig
+
+    class Blt(torch.nn.Module):
+        config = AutoConfig.for_model("blt")
+
+    with pytest.raises(PackingError, match="byte patches"):
+        hf.enable_packing(Blt())

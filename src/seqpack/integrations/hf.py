@@ -210,9 +210,10 @@ _REFUSED_FAMILIES = {
                               "cpmant")},
     "bloom": "builds its ALiBi bias from the 2D padding mask, so a ready-made document mask cannot reach its "
              "attention (and it runs its own attention code)",
-    "trocr": "numbers positions from the whole row (it takes no position_ids), so no document can restart at "
-             "position 0",
 }
+# Families whose forward takes no position_ids but whose attention needs no positions (ALiBi,
+# relative within a document): the only ones without position_ids that can be packed.
+_POSITION_FREE_FAMILIES = frozenset({"mpt"})
 
 
 def _model_type(model) -> str | None:
@@ -252,11 +253,20 @@ def _check_implementation_used(model, impl: str | None) -> None:
             f"{impl!r}). Use attn_implementation='eager' for this model: model.set_attn_implementation('eager')")
 
 
+def _takes_position_ids(model) -> bool:
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model  # PEFT wrappers
+    return "position_ids" in _forward_signature(type(base)).parameters
+
+
 def _check_family(model) -> None:
     family = _model_type(model)
-    if family in _REFUSED_FAMILIES:
+    reason = _REFUSED_FAMILIES.get(family)
+    if reason is None and family not in _POSITION_FREE_FAMILIES and not _takes_position_ids(model):
+        reason = ("takes no position_ids: it numbers positions from the start of the row (bart-style decoders, "
+                  "whisper, musicgen, trocr, ...), so every document after the first would be positioned wrongly")
+    if reason is not None:
         raise PackingError(
-            f"{type(model).__name__} ({family!r}) {_REFUSED_FAMILIES[family]}, so packed documents would attend to "
+            f"{type(model).__name__} ({family!r}) {reason}, so packed documents would attend to "
             f"each other or be positioned wrongly. Train this model unpacked (DataCollatorForPacking(pack=False)), "
             f"or use a model whose attention goes through transformers' attention interface (llama, qwen2, gpt2, "
             f"...).")
@@ -660,8 +670,11 @@ class _LayerPlan:
             window = getattr(config, "sliding_window", None)
         elif kind == "chunked_attention":
             chunk = getattr(config, "attention_chunk_size", None)
-        elif kind is None:
-            window = getattr(module, "sliding_window", None) or getattr(config, "sliding_window", None)
+        elif kind is None:  # no layer types: the module's own attribute, else the config's window
+            if hasattr(module, "sliding_window"):
+                window = module.sliding_window
+            elif getattr(config, "use_sliding_window", True):
+                window = getattr(config, "sliding_window", None)
         self.window = int(window) if window else None
         self.chunk = int(chunk) if chunk else None
         specials = []
