@@ -24,6 +24,12 @@ Notable:
   that lost its document labels, layers that mix tokens outside attention (Mamba and
   other recurrent/convolutional layers would need ``seq_idx``), an attention
   implementation seqpack does not know, and transformers older than 5.0.
+- Families whose own code stands in the way are handled by ``config.model_type``: positions
+  restart at ``padding_idx + 1`` where the family numbers them so (roberta and kin); the hook
+  builds the block-diagonal mask itself (transformers' builders) for families that never hand
+  position_ids to the mask builder (opt, biogpt, afmoe, gpt_oss, mpt, xglm); families that run
+  their own attention code on a 0/1 mask, take no position_ids, or mix tokens outside softmax
+  attention are refused, as is an implementation the family silently ignores.
 - Labels: a document's first token is never a target of the previous document's last
   token; the hook sets -100 there when it derives documents from a mask or positions
   (seqpack's collator already does).
@@ -33,7 +39,10 @@ Notable:
   versions seqpack supports; ``unconfigure_packing()`` undoes it).
 - ``"seqpack"`` is registered as an attention implementation (``AttentionInterface``) so
   ``seqpack.attention.varlen_attention``'s backend choice serves HF models:
-  ``enable_packing(model, attn_implementation="seqpack")``.
+  ``enable_packing(model, attn_implementation="seqpack")``. It honours what each module asks
+  for (windows and chunks from the config's layer types, value head dim != query head dim,
+  non-causal modules); what its kernels cannot compute (sinks, softcapping, chunks, a bias or
+  mask the model builds) runs as the module's own eager attention under a block-diagonal mask.
 - ``torch.compile``: the hook reads tensor data (is the mask integer-labelled? do the
   positions restart?), so it is marked ``torch.compiler.disable``: compiling the whole
   model (``torch.compile(model)``, Trainer's ``torch_compile=True``) runs the hook eagerly
