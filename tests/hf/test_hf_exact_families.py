@@ -78,7 +78,7 @@ def test_mask_built_by_the_hook_leaves_unpacked_calls_alone():
 # layer types or the mask, softcapping, sinks, a model-built bias, value head dim != query head dim,
 # sparse-attention indexers that read the mask.
 @pytest.mark.parametrize("family", ["llama4_text", "phimoe", "gemma2", "gpt_oss", "doge", "deepseek_v3",
-                                    "minicpm3", "deepseek_v32", "glm_moe_dsa"])
+                                    "minicpm3", "deepseek_v32", "glm_moe_dsa", "mimo_v2_flash"])
 def test_seqpack_attention_honours_the_module(family):
     assert_exact(family, "seqpack", forms=("collator", "int_mask"))
 

@@ -767,7 +767,7 @@ def seqpack_attention_forward(module, query, key, value, attention_mask, dropout
 
     Honours what the module asks for: a sliding window or chunk given only through its config's
     layer types (read once per module), a value head dim other than the query's (multi-head
-    latent attention: value zero-padded to the query's head dim, output sliced back, exact), and
+    latent attention: the narrower side zero-padded, output sliced back, exact), and
     non-causal modules. What the varlen kernels cannot compute (a model-built mask or bias,
     attention sinks, logit softcapping, a position bias, chunked attention) runs as the module's
     own eager attention under a block-diagonal mask. With a cache (generation) the module's own
@@ -793,15 +793,19 @@ def seqpack_attention_forward(module, query, key, value, attention_mask, dropout
     ctx = kwargs.get("seqpack_context")
     if ctx is None:
         ctx = _boundaries_for(query, kwargs)
-    dv = value.shape[-1]
-    if dv != query.shape[-1]:
-        if dv > query.shape[-1] or key.shape[-1] != query.shape[-1]:
-            raise PackingError(f"attn_implementation='seqpack' needs key head dim == query head dim >= value head "
-                               f"dim; {type(module).__name__} has {query.shape[-1]}, {key.shape[-1]}, {dv}. "
-                               f"Use 'eager' or 'sdpa'")
+    dv, dqk = value.shape[-1], query.shape[-1]
+    if dv != dqk:
+        # Zero columns change neither the scores (padded q/k) nor the output (padded v, sliced off).
+        if key.shape[-1] != dqk:
+            raise PackingError(f"attn_implementation='seqpack' needs key head dim == query head dim; "
+                               f"{type(module).__name__} has {dqk} and {key.shape[-1]}. Use 'eager' or 'sdpa'")
         if scaling is None:
-            scaling = query.shape[-1] ** -0.5
-        value = torch.nn.functional.pad(value, (0, query.shape[-1] - dv))
+            scaling = dqk ** -0.5
+        if dv < dqk:
+            value = torch.nn.functional.pad(value, (0, dqk - dv))
+        else:
+            query = torch.nn.functional.pad(query, (0, dv - dqk))
+            key = torch.nn.functional.pad(key, (0, dv - dqk))
     out = varlen_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), ctx,
                            causal=causal, window=window, scale=scaling)
     return (out[..., :dv] if dv != out.shape[-1] else out), None
