@@ -47,7 +47,7 @@ PROBE_ROWS = ((0, 1), (2,))
 PROBE_ROW_LEN = 14
 FORMS = ("collator", "int_mask", "position_ids", "packed_batch")
 _TOL = {torch.float32: 1e-4, torch.float64: 1e-6, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-_RUNNING = "_seqpack_check_running"
+_RUNNING = [False]  # a probe is running (its nested packed calls, inner models' hooks included, are not probed)
 _DONE = "_seqpack_checked"
 _OFF = "_seqpack_check_off"
 
@@ -128,7 +128,7 @@ def check_isolation(model: torch.nn.Module, *, forms: Iterable[str] | None = Non
     from seqpack.integrations import hf
     from seqpack.integrations.hf_verify import make_rows
 
-    if getattr(model, _RUNNING, False):
+    if _RUNNING[0]:
         return 0.0
     hooked = hf.is_packing_enabled(model)
     forms = tuple(forms) if forms is not None else (FORMS if hooked else ("collator",))
@@ -145,7 +145,7 @@ def check_isolation(model: torch.nn.Module, *, forms: Iterable[str] | None = Non
     rng_cpu = torch.get_rng_state()
     rng_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    object.__setattr__(model, _RUNNING, True)
+    _RUNNING[0] = True
     worst, failures = 0.0, []
     try:
         model.eval()
@@ -174,7 +174,7 @@ def check_isolation(model: torch.nn.Module, *, forms: Iterable[str] | None = Non
             for buf, saved in buffers:
                 if buf.shape == saved.shape:
                     buf.copy_(saved)
-        object.__setattr__(model, _RUNNING, False)
+        _RUNNING[0] = False
     if failures:
         cls, family = _describe(model)
         form, diffs = max(failures, key=lambda f: max(f[1]))
@@ -204,7 +204,7 @@ def set_check(model: torch.nn.Module, enabled: bool) -> None:
 def on_packed_call(model: torch.nn.Module, kwargs, form: str | None = None) -> None:
     """Run the check once per (implementation, dtype, form) of this model; called by the packing hook
     (and by the collator with ``form``) before a packed call proceeds."""
-    if getattr(model, _RUNNING, False) or getattr(model, _OFF, False) or check_disabled_by_env():
+    if _RUNNING[0] or getattr(model, _OFF, False) or check_disabled_by_env():
         return
     form = form or call_form(kwargs)
     key = (getattr(getattr(model, "config", None), "_attn_implementation", None),
@@ -217,3 +217,6 @@ def on_packed_call(model: torch.nn.Module, kwargs, form: str | None = None) -> N
         return
     check_isolation(model, forms=(form,))
     done.add(key)
+    for inner in model.modules():  # models inside this one (configure_packing hooks them too): covered
+        if inner is not model and getattr(inner, "_seqpack_packing_hook", None) is not None:
+            object.__setattr__(inner, _OFF, True)
