@@ -26,6 +26,7 @@ The runtime check is off while the cells are measured (it would turn every leak 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -177,11 +178,39 @@ def _classify(model, impl, form, docs, batch, refs, alone_diff) -> Cell:
 def run_family(family: str, impls=IMPLS, entries=ENTRIES) -> FamilyResult:
     """All cells of one family (see the module docstring).
 
-    torch.compile is off meanwhile: flex_attention then runs torch's reference path (the same
-    BlockMask and score mods, computed unfused) instead of compiling a CPU kernel per family.
+    flex_attention runs uncompiled meanwhile (`_flex_uncompiled`).
     """
-    with torch._dynamo.config.patch(disable=True):
+    with _flex_uncompiled():
         return _run_family(family, impls, entries)
+
+
+@contextlib.contextmanager
+def _flex_uncompiled():
+    """transformers' flex_attention path without torch.compile: torch's reference flex_attention and an
+    uncompiled create_block_mask, the same mask_mod and score_mod computed unfused. Compiling a CPU
+    kernel for each family costs tens of seconds; what the sweep tests is the masks transformers builds."""
+    from unittest import mock
+
+    from torch.nn.attention import flex_attention as torch_flex
+    from transformers import masking_utils
+    patches = []
+    try:
+        from transformers.integrations import flex_attention as hf_flex
+        patches.append(mock.patch.object(hf_flex.WrappedFlexAttention, "__call__",
+                                         lambda self: torch_flex.flex_attention))
+    except (ImportError, AttributeError):
+        pass
+    if hasattr(masking_utils, "create_block_mask"):
+        original = masking_utils.create_block_mask
+
+        def create_block_mask(*args, **kwargs):
+            kwargs["_compile"] = False
+            return original(*args, **kwargs)
+        patches.append(mock.patch.object(masking_utils, "create_block_mask", create_block_mask))
+    with contextlib.ExitStack() as stack:
+        for p in patches:
+            stack.enter_context(p)
+        yield
 
 
 def _run_family(family, impls, entries) -> FamilyResult:
