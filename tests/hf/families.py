@@ -3,7 +3,7 @@
 Shared by test_hf_families.py (the sweep CI runs) and, as a script, by whoever wants the table:
 
     python tests/hf/families.py --report [FAMILY ...]   # family x implementation: exact / refused / LEAK ...
-    python tests/hf/families.py --table                 # the markdown support table of docs/hf.md
+    python tests/hf/families.py --table --docs docs/hf.md   # the support table, written into docs/hf.md
 
 For each family: a tiny random model from its config class (`hf_verify.tiny_config`: hidden 64,
 2 layers, fp32), five documents packed into two rows (the second padded), and for each
@@ -345,6 +345,15 @@ def report(results) -> str:
     return "\n".join(lines)
 
 
+def _for_users(text: str) -> str:
+    """A table cell as a user meets it: a leak the runtime probe catches is a refusal at the first call."""
+    text = text.replace("|", "/")
+    m = re.match(r"LEAK (\S+) \(caught\)(.*)", text)
+    if m:
+        return f"refused by the runtime check (leaks {m.group(1)}){m.group(2)}"
+    return text
+
+
 def table(results) -> str:
     """The markdown support table of docs/hf.md."""
     import transformers
@@ -358,8 +367,36 @@ def table(results) -> str:
         if r.built:
             out.append(f"| {r.family} | not tested: {NOT_BUILT.get(r.family, r.built)} |" + " |" * (len(IMPLS) - 1))
             continue
-        out.append(f"| {r.family} | " + " | ".join(summarise(r, i).replace("|", "/") for i in IMPLS) + " |")
+        out.append(f"| {r.family} | " + " | ".join(_for_users(summarise(r, i)) for i in IMPLS) + " |")
     return "\n".join(out)
+
+
+def _splice(path, text: str) -> None:
+    start, end = "<!-- support-table:start -->", "<!-- support-table:end -->"
+    with open(path) as f:
+        doc = f.read()
+    if doc.count(start) != 1 or doc.count(end) != 1:
+        raise SystemExit(f"{path}: needs one {start} and one {end} line to put the table between")
+    head, rest = doc.split(start)
+    with open(path, "w") as f:
+        f.write(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+
+
+def _save(results, path) -> None:
+    import json
+    rows = [{"family": r.family, "built": r.built,
+             "cells": [[i, e, c.status, c.detail, c.diff, c.caught] for (i, e), c in r.cells.items()]}
+            for r in results]
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=0)
+
+
+def _load(path) -> list[FamilyResult]:
+    import json
+    with open(path) as f:
+        rows = json.load(f)
+    return [FamilyResult(r["family"], r["built"], {(i, e): Cell(st, d, diff, c) for i, e, st, d, diff, c in r["cells"]})
+            for r in rows]
 
 
 def main(argv=None) -> int:
@@ -368,12 +405,23 @@ def main(argv=None) -> int:
     p.add_argument("families", nargs="*", help="families to run (default: all)")
     p.add_argument("--report", action="store_true", help="print family x implementation results")
     p.add_argument("--table", action="store_true", help="print the markdown table for docs/hf.md")
+    p.add_argument("--docs", default=None, help="with --table: write it into this markdown file, between "
+                                                "<!-- support-table:start --> and <!-- support-table:end -->")
     p.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--results", default=None,
+                   help="JSON file: read the results from it when it exists (no run), else run and write it")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     names = args.families or families()
-    results = _run_all(names, args.processes)
-    if args.table:
+    if args.results and os.path.exists(args.results):
+        results = _load(args.results)
+    else:
+        results = _run_all(names, args.processes)
+        if args.results:
+            _save(results, args.results)
+    if args.table and args.docs:
+        _splice(args.docs, table(results))
+    elif args.table:
         print(table(results))
     else:
         print(report(results))
