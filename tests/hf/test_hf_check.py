@@ -113,3 +113,17 @@ def test_switching_to_an_implementation_the_model_cannot_take_is_refused():
     model = AutoModelForCausalLM.from_config(tiny_config("openai-gpt"))
     with pytest.raises(hf.PackingError, match="cannot switch to attn_implementation 'seqpack'.*keeps 'eager'"):
         hf.enable_packing(model, attn_implementation="seqpack")
+
+
+def test_configure_packing_arms_the_check(monkeypatch):
+    from types import SimpleNamespace
+
+    from seqpack.integrations.hf_verify import load_model
+    leaky(monkeypatch)
+    hf.configure_packing(SimpleNamespace(block_diag_attn=True), True)
+    try:
+        model = load_model("llama", attn_implementation="sdpa")
+    finally:
+        hf.unconfigure_packing()
+    with pytest.raises(hf.PackingError, match="does not keep packed documents apart"):
+        packed_call(model)

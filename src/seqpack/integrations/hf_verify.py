@@ -56,13 +56,14 @@ FAMILY_OVERRIDES = {
 
 # Sizes of the parts some families add (mixture of experts, latent attention, ...): set only where the
 # family's config has the attribute, so each family keeps its own structure, just small.
+# Latent attention (MLA) keeps its shape: query/key head dim (16 + 8) differs from the value head dim (16).
 SHRINK = dict(num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_num_experts=4,
               moe_topk=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, n_shared_experts=1,
-              n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8,
-              qk_head_dim=16, v_head_dim=16, index_head_dim=16, index_n_heads=2, index_topk=8, d_model=64,
+              n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16,
+              v_head_dim=16, index_head_dim=16, index_n_heads=2, index_topk=8, d_model=64,
               encoder_layers=2, decoder_layers=2, num_layers=2, n_layer=2, n_embd=64, n_head=4, d_ff=128,
               ffn_dim=128, num_heads=4, n_positions=256, max_seq_len=256, seq_length=256, encoder_attention_heads=4,
-              decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+              decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, rotary_dim=8,
               is_decoder=True)  # encoder families (bert, roberta, ...) run as causal LMs only as decoders
 
 
@@ -91,6 +92,9 @@ def tiny_config(family: str, **overrides):
         _shrink(text, {k: v for k, v in {**wanted, **overrides}.items() if _has(text, k)})
     for cfg in {id(config): config, id(text): text}.values():
         _cut_layer_lists(cfg)
+        if isinstance(getattr(cfg, "qk_rope_head_dim", None), int) and "head_dim" not in overrides:
+            # latent attention: rotary over the rope part only; keys are expanded to every head
+            _shrink(cfg, {"head_dim": cfg.qk_rope_head_dim, "num_key_value_heads": cfg.num_attention_heads})
     return config
 
 
