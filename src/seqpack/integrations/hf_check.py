@@ -18,6 +18,9 @@ Notable:
   module in eval mode (dropout off), then restores each module's own training flag, the CPU
   and CUDA random states and every buffer (a rotary cache a model rewrites in forward).
 - Cost: ``1 + n_docs`` forwards of at most 16 tokens per checked form (4 by default), once.
+  Compiled code (``layer.compile``, ``torch.compile(model)``) runs eagerly for the probe
+  (``torch.compiler.set_stance("force_eager")``): the probe's shapes never add a graph or
+  a recompilation to the compiled training step.
 - Under torch.autocast the probe runs inside the caller's autocast, and the tolerance is
   that of the autocast dtype. Under FSDP / ZeRO-3 every rank runs the probe at its first
   packed call (same collectives on every rank).
@@ -149,7 +152,9 @@ def check_isolation(model: torch.nn.Module, *, forms: Iterable[str] | None = Non
     worst, failures = 0.0, []
     try:
         model.eval()
-        with torch.no_grad():
+        # force_eager: compiled layers (layer.compile, torch.compile(model)) run eagerly for the probe, so its
+        # shapes add no graph and no recompilation to the user's compiled step.
+        with torch.no_grad(), torch.compiler.set_stance("force_eager"):
             refs = [_logits(model(input_ids=d[None], use_cache=False))[0] for d in docs]
             scale = max(1.0, max(float(r.abs().max()) for r in refs))
             b = batch.boundaries
