@@ -81,7 +81,7 @@ def tiny_config(family: str, **overrides):
         default = cls()
     except Exception:  # noqa: BLE001 - a config without defaults: the previous, direct way
         return cls(**{**wanted, **overrides})
-    known = {k: v for k, v in wanted.items() if _has(default, k)}
+    known = {k: v for k, v in wanted.items() if _has(default, k) and k not in overrides}
     try:
         config = cls(**known, **overrides)
     except Exception:  # noqa: BLE001 - some sizes do not fit this family's defaults: set them one by one
