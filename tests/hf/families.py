@@ -367,7 +367,20 @@ def _for_users(text: str) -> str:
     m = re.match(r"LEAK (\S+) \(caught\)(.*)", text)
     if m:
         return f"refused by the runtime check (leaks {m.group(1)}){m.group(2)}"
-    return text
+    where = re.search(r" \[[^\]]*\]$", text)
+    where = where.group(0) if where else ""
+    for pattern, short in _SHORT:
+        if re.search(pattern, text):
+            return short + where
+    return text[:100]
+
+
+_SHORT = [  # (what a cell says, how the table says it)
+    (r"^n/a", "n/a"),
+    (r"mix tokens outside attention", "refused: token mixing outside attention"),
+    (r"cannot switch to attn_implementation", "refused: no attention interface (eager only)"),
+    (r"neither logit softcapping nor attention sinks", "refused: softcap / sinks"),
+]
 
 
 def table(results) -> str:
