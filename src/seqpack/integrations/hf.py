@@ -66,6 +66,8 @@ import torch
 
 from seqpack.batch import IGNORE_INDEX, PackedBatch
 from seqpack.boundaries import DocBoundaries
+from seqpack.integrations import hf_check
+from seqpack.integrations.hf_check import check_isolation
 from seqpack.integrations.hf_collator import DataCollatorForPacking, packed_model_inputs
 from seqpack.integrations.hf_loss import (
     disable_fused_loss, enable_fused_loss, fused_causal_lm_loss, is_fused_loss_enabled,
@@ -75,7 +77,7 @@ __all__ = [
     "PackingError", "enable_packing", "disable_packing", "is_packing_enabled", "configure_packing",
     "unconfigure_packing", "register_seqpack_attention", "check_transformers_version",
     "attention_route", "DataCollatorForPacking", "packed_model_inputs", "MIN_TRANSFORMERS",
-    "enable_fused_loss", "disable_fused_loss", "is_fused_loss_enabled", "fused_causal_lm_loss",
+    "enable_fused_loss", "disable_fused_loss", "is_fused_loss_enabled", "fused_causal_lm_loss", "check_isolation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -450,6 +452,7 @@ def _packing_pre_hook(module, args, kwargs):
     _check_implementation_used(module, impl)
     if route is None:
         attention_route(impl)  # raises, naming the implementations that work
+    hf_check.on_packed_call(module, kwargs)  # once per implementation/dtype/form: the probe of hf_check
     kwargs["use_cache"] = False
     if boundaries is not None:
         _apply_boundaries(kwargs, boundaries, route, offset)
@@ -531,7 +534,8 @@ def _document_masks(model, b: DocBoundaries):
 # public switches
 
 
-def enable_packing(model: torch.nn.Module, *, attn_implementation: str | None = None) -> torch.nn.Module:
+def enable_packing(model: torch.nn.Module, *, attn_implementation: str | None = None,
+                   check: bool = True) -> torch.nn.Module:
     """Make ``model`` keep packed documents apart; returns the model.
 
     After this, calling the model with an integer-labelled ``attention_mask`` (``[B, L]``,
@@ -544,6 +548,8 @@ def enable_packing(model: torch.nn.Module, *, attn_implementation: str | None = 
         model: a transformers model (``PreTrainedModel``); call this model, not a submodule.
         attn_implementation: switch the model to this implementation first, e.g.
             ``"seqpack"`` (registered here) or ``"sdpa"``.
+        check: run `check_isolation` at the first packed call (and again when the implementation,
+            dtype or input form changes); ``SEQPACK_CHECK=0`` also turns it off.
 
     Raises:
         PackingError: transformers older than `MIN_TRANSFORMERS`, layers that mix tokens
@@ -562,6 +568,7 @@ def enable_packing(model: torch.nn.Module, *, attn_implementation: str | None = 
             raise PackingError(f"{type(model).__name__} ({_model_type(model)!r}) kept attn_implementation {got!r} when "
                                f"asked for {attn_implementation!r}: this family runs only its own attention code. "
                                f"Call enable_packing(model) without attn_implementation to use {got!r}.")
+    hf_check.set_check(model, check)
     _check_token_mixers(model)
     _check_family(model)
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
