@@ -251,3 +251,11 @@ def test_row_overflow_and_negative_lengths():
         DocBoundaries.from_lengths([3, -1], 6)
     with pytest.raises(ValueError, match="hold 9 tokens but the buffer has 6"):
         DocBoundaries.from_lengths([4, 5], 6)
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 4)])
+def test_empty_mask_is_refused_naming_its_shape(shape):
+    mask = torch.zeros(shape, dtype=torch.long)
+    for fn in (seqpack.get_seqlens_in_batch, seqpack.get_unpad_data, DocBoundaries.from_attention_mask):
+        with pytest.raises(ValueError, match=rf"shape \({shape[0]}, {shape[1]}\): no tokens"):
+            fn(mask)
