@@ -48,7 +48,8 @@ def test_peft_lora(impl, order):
 
 
 def test_peft_lora_leak_is_caught_by_the_probe(monkeypatch):
-    monkeypatch.setattr(hf, "_apply_boundaries", lambda kwargs, b, route: kwargs.update(attention_mask=None))
+    monkeypatch.setattr(hf, "_apply_boundaries", lambda kwargs, b, route, offset=0: kwargs.update(
+        attention_mask=None))
     model = hf.enable_packing(lora(tiny("llama", "sdpa", packing=False)))
     docs, batch = packed("bsz3_padded")
     with pytest.raises(hf.PackingError, match=r"PeftModel \(model_type .llama.\).*does not keep packed documents apart"):

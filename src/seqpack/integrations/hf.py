@@ -30,7 +30,9 @@ Notable:
   builds the block-diagonal mask itself (transformers' builders) for families that never hand
   position_ids to the mask builder (opt, biogpt, afmoe, gpt_oss, mpt, xglm); families that run
   their own attention code on a 0/1 mask, take no position_ids, or mix tokens outside softmax
-  attention are refused, as is an implementation the family silently ignores.
+  attention are refused, as is an implementation the family silently ignores or that transformers
+  runs wrongly for it even unpacked (doge on flex_attention, git on "seqpack"), or on which the
+  family's code in transformers older than 5.25 leaks (``_LEAKY_BEFORE``).
 - Labels: a document's first token is never a target of the previous document's last
   token; the hook sets -100 there when it derives documents from a mask or positions
   (seqpack's collator already does).
@@ -151,7 +153,9 @@ _OTHER_MIXER_FAMILIES = {
     "zaya": "a causal convolution over the sequence inside its attention",
     "blt": "byte patches: the patcher and local encoder group bytes across the whole row",
 }
-_MIXER_CLASS = re.compile(r"Mamba|Mixer|DeltaNet|ShortConv|Rwkv|RecurrentBlock|LinearAttention|SSM|LSTM|GRU|Recurrent")
+# "Recurrent" inside a class name, not a family prefix (RecurrentGemmaMlp is an MLP).
+_MIXER_CLASS = re.compile(
+    r"Mamba|Mixer|DeltaNet|ShortConv|Rwkv|RecurrentBlock|LinearAttention|SSM|LSTM|GRU|\BRecurrent")
 _MIXER_LAYER_TYPE = re.compile(r"mamba|linear|conv|recurrent|ssm|rwkv|delta|lstm")
 
 
@@ -228,9 +232,40 @@ _REFUSED_FAMILIES = {
     "bloom": "builds its ALiBi bias from the 2D padding mask, so a ready-made document mask cannot reach its "
              "attention (and it runs its own attention code)",
 }
-# Families whose forward takes no position_ids but whose attention needs no positions (ALiBi,
-# relative within a document): the only ones without position_ids that can be packed.
-_POSITION_FREE_FAMILIES = frozenset({"mpt"})
+# Families whose forward takes no position_ids but need none (ALiBi, relative within a document, or
+# no attention at all: state-space models whose mixers hf_hybrid restarts per document): the only
+# ones without position_ids that can be packed.
+_POSITION_FREE_FAMILIES = frozenset({"mpt", "mamba", "falcon_mamba", "mamba2"})
+# (family, implementation) that computes something other than eager even on one unpacked document:
+# packing cannot be vouched for there, whatever seqpack hands over.
+_WRONG_IMPLEMENTATIONS = {
+    ("git", "seqpack"): "its text self-attention runs its own eager code (only the vision tower goes through the "
+                        "attention interface), and under 'seqpack' it gets no causal mask",
+    ("doge", "flex_attention"): "transformers' flex_attention path for doge does not apply the dynamic mask its "
+                                "eager and sdpa paths add",
+}
+
+# Implementations on which these families' code in transformers older than `_EXACT_FROM` lets packed
+# documents see each other (or, mllama, differs from eager unpacked), as seqpack's family sweep
+# (tests/hf/families.py) measured on 5.0.0: their mask or position handling there differs from the
+# releases the family fixes above were checked on. Refused there; `"seqpack"` is exact on most of them.
+_EXACT_FROM = "5.25.0"
+_LEAKY_BEFORE = {
+    **{f: ("eager", "sdpa", "flex_attention") for f in (
+        "bert", "bert-generation", "camembert", "data2vec-text", "electra", "ernie", "llama4_text", "mllama",
+        "mllama_text_model", "roberta", "roberta-prelayernorm", "roc_bert", "xlm-roberta", "xlm-roberta-xl", "xmod")},
+    **{f: ("eager", "sdpa") for f in ("fuyu", "persimmon", "stablelm")},
+    **{f: ("eager",) for f in ("codegen", "ctrl", "falcon", "git", "gpt_neo", "gpt_neox_japanese", "gptj", "moshi",
+                               "mpt", "nemotron", "xglm")},
+}
+
+
+def _leaks_on_this_transformers(family: str | None, impl: str | None) -> bool:
+    if impl not in _LEAKY_BEFORE.get(family, ()):
+        return False
+    import transformers
+    from packaging.version import Version
+    return Version(transformers.__version__) < Version(_EXACT_FROM)
 
 
 def _model_type(model) -> str | None:
@@ -262,7 +297,20 @@ def _uses_attention_interface(model) -> bool:
 
 
 def _check_implementation_used(model, impl: str | None) -> None:
-    """Refuse an implementation the model would silently not run (it keeps its own eager code)."""
+    """Refuse an implementation the model would silently not run (it keeps its own eager code), or that
+    transformers runs wrongly for this family even unpacked."""
+    if _leaks_on_this_transformers(_model_type(model), impl):
+        import transformers
+        raise PackingError(
+            f"{type(model).__name__} ({_model_type(model)!r}) on attn_implementation={impl!r} lets packed documents "
+            f"see each other on transformers {transformers.__version__}, whose code for this family differs from the "
+            f"releases seqpack checked it exact on (>= {_EXACT_FROM}). Upgrade transformers, or use "
+            f"attn_implementation='seqpack' where this family offers it.")
+    wrong = _WRONG_IMPLEMENTATIONS.get((_model_type(model), impl))
+    if wrong is not None:
+        raise PackingError(f"{type(model).__name__} ({_model_type(model)!r}) on attn_implementation={impl!r} computes "
+                           f"something other than eager, even on one unpacked document: {wrong}. Use "
+                           f"attn_implementation='eager' for this model.")
     if impl not in (None, "eager") and isinstance(model, torch.nn.Module) and not _uses_attention_interface(model):
         raise PackingError(
             f"{type(model).__name__} ({_model_type(model)!r}) runs its own attention code and ignores "

@@ -103,7 +103,11 @@ def _check_route(module) -> None:
 
 def _model_pre_hook(module, args, kwargs):
     seq_idx = packed_seq_idx(kwargs) if not args else None
-    _CURRENT.set(seq_idx)
+    if seq_idx is None:
+        # A hooked model inside a packed call (the backbone under its causal-LM head, both hooked by
+        # configure_packing) is called without the documents: the enclosing call's stand.
+        seq_idx = _CURRENT.get()
+    module.__dict__.setdefault("_seqpack_seq_idx_tokens", []).append(_CURRENT.set(seq_idx))
     if seq_idx is not None:
         _check_route(module)
     if seq_idx is not None and getattr(module, "_seqpack_threads_kwargs", False):
@@ -114,7 +118,11 @@ def _model_pre_hook(module, args, kwargs):
 
 
 def _model_post_hook(module, args, kwargs, output):
-    _CURRENT.set(None)
+    tokens = module.__dict__.get("_seqpack_seq_idx_tokens")
+    if tokens:
+        _CURRENT.reset(tokens.pop())  # back to the enclosing call's documents (None outside any)
+    else:
+        _CURRENT.set(None)
     return None
 
 

@@ -44,13 +44,68 @@ FORMS = ("int_mask", "position_ids", "packed_batch", "collator")
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, vocab_size=128, max_position_embeddings=256,
             pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+# Per-family settings, applied as explicit overrides (they always win over TINY and SHRINK).
+_GDN = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8,
+            linear_conv_kernel_dim=4, layer_types=["linear_attention", "full_attention"])
+_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, shared_expert_intermediate_size=32)
+# Multi-head latent attention: value head dim (12) differs from the query/key head dim (16).
+_MLA = dict(num_key_value_heads=4, head_dim=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=12,
+            kv_lora_rank=16, q_lora_rank=24)
 FAMILY_OVERRIDES = {
-    # Sliding windows shorter than the documents, so packed windows are exercised too.
+    # Sliding windows and chunks shorter than the documents, so packed windows are exercised too.
     "mistral": dict(sliding_window=4),
     "qwen2": dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
     "qwen3": dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
     "phi3": dict(sliding_window=None),
+    "phimoe": dict(sliding_window=4),
+    "llama4_text": dict(attention_chunk_size=4),
     "reformer": dict(is_decoder=True),  # its causal-LM head refuses an encoder config
+    "xmod": dict(default_language="en_XX"),  # its adapters need a language with every input
+    "deepseek_v3": _MLA, "minicpm3": _MLA, "deepseek_v32": _MLA, "glm_moe_dsa": _MLA,
+    # Hybrid and recurrent families: both kinds of layer present (token mixer first, then attention),
+    # several heads, states and chunks smaller than the documents.
+    "qwen3_5_text": _GDN,
+    "qwen3_5_moe_text": {**_GDN, **_MOE},
+    "qwen3_next": {**_GDN, **_MOE},
+    "olmo_hybrid": _GDN,
+    "lfm2": dict(layer_types=["conv", "full_attention"], conv_L_cache=3),
+    "lfm2_moe": dict(layer_types=["conv", "full_attention"], conv_L_cache=3, num_experts=4,
+                     num_experts_per_tok=2, moe_intermediate_size=32, num_dense_layers=1),
+    # Mamba2 family: 4 heads of 8 over 2 groups, state 8, chunk 8 (documents span chunks)
+    "mamba2": dict(num_heads=8, head_dim=16, state_size=8, n_groups=2, expand=2, conv_kernel=4, chunk_size=8),
+    "bamba": dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=2, mamba_expand=2,
+                  mamba_chunk_size=8, attn_layer_indices=[1]),
+    "granitemoehybrid": dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=2, mamba_expand=2,
+                             mamba_chunk_size=8, layer_types=["mamba", "attention"], num_local_experts=4,
+                             shared_intermediate_size=64),
+    "falcon_h1": dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=8, mamba_n_groups=2, mamba_expand=2,
+                      mamba_d_ssm=128, mamba_chunk_size=8),
+    "nemotron_h": dict(mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=8, n_groups=2, expand=2, chunk_size=8,
+                       layers_block_type=["mamba", "attention", "mlp"], n_routed_experts=4,
+                       moe_intermediate_size=32, moe_shared_expert_intermediate_size=32),
+    "zamba2": dict(n_mamba_heads=8, mamba_headdim=16, mamba_d_state=8, mamba_ngroups=2, mamba_expand=2,
+                   chunk_size=8, attention_hidden_size=128, attention_head_dim=32, num_query_groups=4,
+                   hybrid_layer_ids=[1], layers_block_type=["mamba", "hybrid"], use_mem_eff_path=False),
+    # Mamba1 family
+    "mamba": dict(state_size=8, expand=2, conv_kernel=4, time_step_rank=8),
+    "falcon_mamba": dict(state_size=8, expand=2, conv_kernel=4, time_step_rank=8),
+    "jamba": dict(mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8, attn_layer_period=2, attn_layer_offset=1,
+                  expert_layer_period=2, expert_layer_offset=1, num_experts=4, use_mamba_kernels=False),
+    "zamba": dict(n_mamba_heads=2, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=8, attention_hidden_size=128,
+                  attention_head_dim=32, layer_types=["mamba", "hybrid"], use_mamba_kernels=False),
+    "minimax": dict(layer_types=["linear_attention", "full_attention"], block_size=8, num_local_experts=4,
+                    num_experts_per_tok=2),
+    "recurrent_gemma": dict(lru_width=64, block_types=["recurrent", "attention"], attention_window_size=8,
+                            num_key_value_heads=4),
+    # Kimi delta attention (decay per key channel) + MLA attention
+    "kimi_linear": dict(linear_num_heads=4, linear_head_dim=16, layer_types=["linear_attention", "full_attention"],
+                        mlp_layer_types=["dense", "sparse"], num_experts=4, num_experts_per_token=2,
+                        moe_intermediate_size=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8,
+                        v_head_dim=16, head_dim=16, num_key_value_heads=4),
+    "bailing_hybrid": dict(layer_types=["linear_attention", "full_attention"], mlp_layer_types=["dense", "sparse"],
+                           num_experts=4, num_experts_per_token=2, moe_intermediate_size=32, kv_lora_rank=16,
+                           qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, head_dim=16, layer_group_size=2,
+                           num_key_value_heads=4, num_nextn_predict_layers=0, num_expert_group=1, topk_group=1),
 }
 
 
@@ -72,11 +127,13 @@ def tiny_config(family: str, **overrides):
 
     `TINY` and `SHRINK` are applied where the family's config (and, for a composite config,
     its text config) has the attribute; ``layer_types``-style per-layer lists are cut to the
-    number of layers. ``overrides`` are always applied.
+    number of layers. ``overrides``, and the family's `FAMILY_OVERRIDES` under them, are always
+    applied (to the text config of a composite config, listed under its text family's name).
     """
     from transformers import CONFIG_MAPPING
     cls = CONFIG_MAPPING[family]
-    wanted = {**SHRINK, **TINY, **FAMILY_OVERRIDES.get(family, {})}
+    overrides = {**FAMILY_OVERRIDES.get(family, {}), **overrides}
+    wanted = {**SHRINK, **TINY}
     try:
         default = cls()
     except Exception:  # noqa: BLE001 - a config without defaults: the previous, direct way
@@ -90,8 +147,12 @@ def tiny_config(family: str, **overrides):
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if text is not config:
         _shrink(text, {k: v for k, v in {**wanted, **overrides}.items() if _has(text, k)})
+        if getattr(text, "model_type", None) != family:
+            _shrink(text, FAMILY_OVERRIDES.get(text.model_type, {}))
     for cfg in {id(config): config, id(text): text}.values():
         _cut_layer_lists(cfg)
+        if not hasattr(cfg, "pad_token_id"):  # some configs of transformers 5.0 lack it; their models read it
+            cfg.pad_token_id = overrides.get("pad_token_id", TINY["pad_token_id"])
         if isinstance(getattr(cfg, "qk_rope_head_dim", None), int) and "head_dim" not in overrides:
             # latent attention: rotary over the rope part only; keys are expanded to every head
             _shrink(cfg, {"head_dim": cfg.qk_rope_head_dim, "num_key_value_heads": cfg.num_attention_heads})
