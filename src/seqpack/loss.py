@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from seqpack.boundaries import DocBoundaries
+from seqpack.labels import IGNORE_INDEX
 
 __all__ = ["packed_cross_entropy"]
 
-IGNORE_INDEX = -100
 _REDUCTIONS = ("mean", "doc_mean", "sum", "none")
 
 

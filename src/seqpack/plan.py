@@ -76,6 +76,43 @@ class PackPlan:
     # can refuse documents that are not the ones planned; None for hand-built plans
     doc_lengths: np.ndarray | None = None
 
+    @classmethod
+    def from_rows(cls, piece_lengths, pieces_per_row, capacity: int, *, doc=None, start=None,
+                  doc_lengths=None, strategy: str = "rows") -> PackPlan:
+        """The plan of rows that are already packed: row r holds the next ``pieces_per_row[r]``
+        pieces, in order, in rows of ``capacity`` tokens.
+
+        By default piece k is the whole of document k (a packed file, rows packed by hand).
+        ``doc`` and ``start`` say which document each piece comes from and where it starts
+        in it; ``doc_lengths`` (default: the piece lengths, when ``doc`` is not given) are
+        the lengths of those documents, so that `collate_packed` refuses other documents.
+        A row holding more than ``capacity`` tokens is an `InputError` naming it.
+        """
+        lens = np.asarray(piece_lengths, dtype=np.int64).reshape(-1)
+        counts = np.asarray(pieces_per_row, dtype=np.int64).reshape(-1)
+        offsets = _offsets(counts)
+        if offsets[-1] != lens.size:
+            raise InputError(f"rows hold {int(offsets[-1]):,} pieces but {lens.size:,} piece lengths were given")
+        if lens.size and lens.min() < 0:
+            raise InputError(f"piece {int(np.argmin(lens)):,} has negative length {int(lens.min())}")
+        cum = _offsets(lens)
+        used = cum[offsets[1:]] - cum[offsets[:-1]]
+        if used.size and used.max() > capacity:
+            r = int(used.argmax())
+            raise InputError(f"row {r:,} holds {int(used[r]):,} tokens but rows have {int(capacity):,}: "
+                             f"use a larger capacity or fewer pieces per row")
+        num = lens.size
+        if doc is None and start is None and doc_lengths is None:
+            doc_lengths = lens
+        doc = np.arange(num, dtype=np.int64) if doc is None else np.asarray(doc, dtype=np.int64).copy()
+        start = np.zeros(num, np.int64) if start is None else np.asarray(start, dtype=np.int64).copy()
+        if doc_lengths is not None:
+            doc_lengths = np.asarray(doc_lengths, dtype=np.int64)
+        num_docs = doc_lengths.size if doc_lengths is not None else (int(doc.max()) + 1 if num else 0)
+        bin_ = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+        return _make_plan(doc, start, start + lens, bin_, offsets, int(capacity), num_docs, strategy,
+                          int(lens.sum()), doc_lengths=doc_lengths)
+
     @property
     def num_pieces(self) -> int:
         return len(self.doc)

@@ -22,7 +22,7 @@ from seqpack.attention.flex import Flex
 from seqpack.attention.sdpa import SdpaDense, SdpaNJT
 from seqpack.attention.select import capability, rank_backends
 from seqpack.attention.torch_varlen import TorchVarlen
-from seqpack.boundaries import DocBoundaries, _check_cu_seqlens
+from seqpack.boundaries import DocBoundaries, check_cu_seqlens
 
 __all__ = ["varlen_attention", "prepare", "BACKENDS", "register_backend", "backend_support", "choose_backend"]
 
@@ -170,7 +170,7 @@ def choose_backend(q, k, v, boundaries, *, causal: bool = True, window: int | No
 
 def _check_data(b: DocBoundaries) -> None:
     """The data checks of DocBoundaries' constructor, for boundaries built with validate=False."""
-    _check_cu_seqlens(b.cu_seqlens, b.shape)
+    check_cu_seqlens(b.cu_seqlens, b.shape)
     seqlens = b.seqlens
     if seqlens.numel():
         longest = int(seqlens.max())

@@ -110,7 +110,7 @@ def _bad_element(x, name: str) -> str:
     return ""
 
 
-def _as_token_array(x, where: str, name: str = "input_ids") -> np.ndarray:
+def as_token_array(x, where: str, name: str = "input_ids") -> np.ndarray:
     if x is None:
         raise InputError(f"{where}: {name} is null; expected a list of integer token ids")
     if isinstance(x, (str, bytes)):
@@ -329,12 +329,12 @@ class _RowReader:
         if values:
             self.detect_value(values[0], where_row(0))
         if self.mode == "tokens":
-            arrays = [_as_token_array(v, where_row(j)) for j, v in enumerate(values)]
+            arrays = [as_token_array(v, where_row(j)) for j, v in enumerate(values)]
             tokens, offsets = _flat(arrays, np.int64)
             _check_ids(tokens, offsets, where_row)
             lab = None
             if labels is not None:
-                larr = [_as_token_array(v, where_row(j), "labels") for j, v in enumerate(labels)]
+                larr = [as_token_array(v, where_row(j), "labels") for j, v in enumerate(labels)]
                 for j, (a, b) in enumerate(zip(arrays, larr)):
                     if a.size != b.size:
                         raise InputError(f"{where_row(j)}: labels has {b.size} entries but input_ids "

@@ -53,12 +53,13 @@ import re
 
 import torch
 
-from seqpack.batch import IGNORE_INDEX, PackedBatch
+from seqpack.batch import PackedBatch
 from seqpack.boundaries import DocBoundaries
 from seqpack.integrations.hf_collator import DataCollatorForPacking, packed_model_inputs
 from seqpack.integrations.hf_loss import (
     disable_fused_loss, enable_fused_loss, fused_causal_lm_loss, is_fused_loss_enabled,
 )
+from seqpack.labels import IGNORE_INDEX
 
 __all__ = [
     "PackingError", "enable_packing", "disable_packing", "is_packing_enabled", "configure_packing",
@@ -471,8 +472,7 @@ def _boundaries_for(query: torch.Tensor, kwargs) -> DocBoundaries:
     pos = kwargs.get("position_ids")
     if pos is not None and pos.shape[-1] == L:
         return DocBoundaries.from_position_ids(pos.reshape(-1, L).expand(B, -1), max_seqlen=L)
-    cu = torch.arange(B + 1, device=query.device, dtype=torch.int32) * L
-    return DocBoundaries(cu, (B, L), max_seqlen=L, validate=False)
+    return DocBoundaries.causal_rows((B, L), query.device)
 
 
 def seqpack_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from seqpack.batch import collate_packed
-from seqpack.integrations.hf_collator import _Bins, _offsets, packed_model_inputs
+from seqpack.integrations.hf_collator import packed_model_inputs
+from seqpack.plan import PackPlan
 
 __all__ = ["compare_packed", "tiny_config", "load_model", "verify", "FORMS", "Result"]
 
@@ -89,8 +90,8 @@ def make_rows(lengths, rows, vocab_size: int, *, row_len: int | None = None, see
     lens = np.asarray(lengths, dtype=np.int64)[order]
     used = [sum(int(lengths[d]) for d in row) for row in rows]
     L = max(used) if row_len is None else int(row_len)
-    bins = _Bins(order, np.zeros_like(order), lens, _offsets([len(r) for r in rows]), len(rows), L)
-    batch = collate_packed(bins, [{"input_ids": d.numpy()} for d in docs], layout="rows", label_shift="model")
+    plan = PackPlan.from_rows(lens, [len(r) for r in rows], L, doc=order, doc_lengths=lengths)
+    batch = collate_packed(plan, [{"input_ids": d.numpy()} for d in docs], layout="rows", label_shift="model")
     return [d.to(device) for d in docs], batch.to(device)
 
 

@@ -11,7 +11,7 @@ Notable:
   document, so both give the same function; "doc" keeps the angles small (bf16-friendly).
   The cos/sin are computed from the position ids in the forward (a few elementwise ops
   that compile into the graph), so there is no table whose size could be outgrown.
-- Plain causal rows (`causal_rows`, the default with ``boundaries=None``): one segment
+- Plain causal rows (`DocBoundaries.causal_rows`, the default with ``boundaries=None``): one segment
   per row, still through `varlen_attention`. That is the padded baseline (one document
   per row; a real token never sees the padding after it) and the naive-packing baseline
   (documents see each other: wrong but fast).
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from seqpack.boundaries import DocBoundaries
 from seqpack.parallel import CPContext, attention_for
 
-__all__ = ["GPTConfig", "GPT", "PRESETS", "gpt_config", "causal_rows", "prepare_context", "rope_norm"]
+__all__ = ["GPTConfig", "GPT", "PRESETS", "gpt_config", "prepare_context", "rope_norm"]
 
 
 @dataclass
@@ -203,19 +203,6 @@ def rope_norm(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, normalize: 
     return _RopeNorm.apply(x, cos, sin, bool(normalize))
 
 
-def causal_rows(shape, device=None) -> DocBoundaries:
-    """Boundaries with one segment per row: plain causal attention over whole rows.
-
-    The padded baseline (one document per row; a real token never sees the padding after
-    it) and the naive-packing baseline (documents see each other: wrong but fast) both
-    attend this way. Built with tensor ops only, so it also traces under torch.compile.
-    """
-    B, L = (1, shape[0]) if len(shape) == 1 else shape
-    cu = torch.arange(B + 1, device=device, dtype=torch.int32) * L
-    return DocBoundaries(cu, tuple(shape), is_pad=torch.zeros(B, dtype=torch.bool, device=device),
-                         max_seqlen=L, validate=False)
-
-
 # ----------------------------------------------------------------------------------------
 
 
@@ -290,7 +277,7 @@ class GPT(nn.Module):
             None: return logits.
         boundaries: the batch's `DocBoundaries` (static ones for ``torch.compile``), or a
             context from `prepare_context` (once per batch, shared by all layers);
-            None = plain causal rows (`causal_rows`); or a `seqpack.parallel.CPContext`
+            None = plain causal rows (`DocBoundaries.causal_rows`); or a `seqpack.parallel.CPContext`
             (context parallel: ``input_ids``, ``labels``, ``position_ids`` are this rank's shard).
         position_ids: per-document positions (``PackedBatch.position_ids``); derived from
             the boundaries when omitted. Ignored with ``positions="buffer"``.
@@ -355,7 +342,7 @@ class GPT(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 boundaries=None, position_ids: torch.Tensor | None = None):
         cfg = self.config
-        ctx = boundaries if boundaries is not None else causal_rows(tuple(input_ids.shape), input_ids.device)
+        ctx = boundaries if boundaries is not None else DocBoundaries.causal_rows(tuple(input_ids.shape), input_ids.device)
         cp = isinstance(ctx, CPContext)  # context parallel: input_ids is this rank's shard of ctx's buffer
         if cfg.positions == "buffer":
             L = input_ids.shape[-1]

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import torch
 
+from seqpack.labels import IGNORE_INDEX
+
 __all__ = ["linear_cross_entropy"]
 
-IGNORE_INDEX = -100
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

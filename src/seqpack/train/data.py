@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from seqpack.batch import IGNORE_INDEX, Documents, collate_packed
+from seqpack.batch import Documents, collate_packed
 from seqpack.boundaries import DocBoundaries
 from seqpack.errors import InputError
-from seqpack.model.gpt import causal_rows
+from seqpack.labels import IGNORE_INDEX
 
 __all__ = ["MicroBatch", "StepBatch", "PackedLoader", "OnlineLoader", "MODES", "bucket_length", "pad_pieces",
            "baseline_micro", "compact_vocab"]
@@ -47,7 +47,7 @@ MODES = ("packed", "naive", "padded")
 @dataclass
 class MicroBatch:
     """What one forward/backward sees: tokens, next-token labels, the boundaries the
-    attention honours (`causal_rows` for the naive and padded baselines) and positions
+    attention honours (`DocBoundaries.causal_rows` for the naive and padded baselines) and positions
     (None: derived from the boundaries)."""
 
     input_ids: torch.Tensor
@@ -121,7 +121,7 @@ def pad_pieces(rows_ids: torch.Tensor, rows_labels: torch.Tensor, b: DocBoundari
         y = torch.full((pad_batch, L), IGNORE_INDEX, dtype=labels.dtype)
         for r, (s, e) in enumerate(group):
             x[r, :e - s], y[r, :e - s] = ids[s:e], labels[s:e]
-        micro.append(MicroBatch(x, y, causal_rows((pad_batch, L))))
+        micro.append(MicroBatch(x, y, DocBoundaries.causal_rows((pad_batch, L))))
         slots += pad_batch * L
     return micro, slots
 
@@ -275,7 +275,7 @@ def baseline_micro(rows, mode: str, *, pad_batch: int, capacity: int, pad_multip
     """The naive or padded micro-batches of a rows `PackedBatch` (next-token labels):
     ``(micro_batches, slots)``."""
     if mode == "naive":
-        return [MicroBatch(rows.input_ids, rows.labels, causal_rows(tuple(rows.input_ids.shape)))], \
+        return [MicroBatch(rows.input_ids, rows.labels, DocBoundaries.causal_rows(tuple(rows.input_ids.shape)))], \
             rows.input_ids.numel()
     return pad_pieces(rows.input_ids, rows.labels, rows.boundaries, pad_batch=pad_batch, capacity=capacity,
                       pad_multiple=pad_multiple)

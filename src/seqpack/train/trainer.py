@@ -137,8 +137,9 @@ def load_packed_rows(path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from seqpack.batch import IGNORE_INDEX, Documents
+    from seqpack.batch import Documents
     from seqpack.data.pack import packed_files, packed_metadata
+    from seqpack.labels import exclusive_cumsum, to_aligned
     from seqpack.plan import PackPlan
 
     meta = packed_metadata(path)
@@ -154,22 +155,12 @@ def load_packed_rows(path):
     labels, _ = flat("labels")
     lens, row_off = flat("doc_lengths")
     lens = lens.astype(np.int64)
-    offsets = np.zeros(lens.size + 1, np.int64)
-    np.cumsum(lens, out=offsets[1:])
+    offsets = exclusive_cumsum(lens)
     labels = labels.astype(np.int64)
     if meta.get("label_shift", "model") == "collator":
-        shifted = np.empty_like(labels)
-        shifted[1:] = labels[:-1]
-        shifted[offsets[:-1]] = IGNORE_INDEX
-        labels = shifted
+        labels = to_aligned(labels, offsets)
     docs = Documents(tokens.astype(np.int64), offsets, labels)
-    counts = np.diff(row_off)
-    P = lens.size
-    plan = PackPlan(doc=np.arange(P, dtype=np.int64), start=np.zeros(P, np.int64), stop=lens,
-                    bin=np.repeat(np.arange(counts.size, dtype=np.int64), counts), bin_offsets=row_off,
-                    num_bins=int(counts.size), capacity=cap, num_docs=P,
-                    strategy=f"{meta.get('strategy', '?')} (stored)", placed_tokens=int(lens.sum()),
-                    doc_lengths=lens)
+    plan = PackPlan.from_rows(lens, np.diff(row_off), cap, strategy=f"{meta.get('strategy', '?')} (stored)")
     vocab = int(tokens.max()) + 1 if tokens.size else 1
     return docs, vocab, plan
 
