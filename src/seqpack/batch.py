@@ -169,11 +169,8 @@ class PackedBatch:
                            self.doc_index, self.doc_start, self.doc_stop)
 
     def pin_memory(self) -> "PackedBatch":
-        b = self.boundaries
-        pinned = DocBoundaries(b.cu_seqlens.pin_memory(), b.shape, is_pad=b.is_pad.pin_memory(),
-                               max_seqlen=b.max_seqlen, validate=False)
         return PackedBatch(self.input_ids.pin_memory(), self.labels.pin_memory(),
-                           self.position_ids.pin_memory(), pinned, self.label_shift,
+                           self.position_ids.pin_memory(), self.boundaries.pin_memory(), self.label_shift,
                            self.doc_index, self.doc_start, self.doc_stop)
 
 

@@ -422,6 +422,11 @@ class DocBoundaries:
                              is_pad=self.is_pad.to(device, non_blocking=non_blocking),
                              max_seqlen=self.max_seqlen, validate=False)
 
+    def pin_memory(self) -> "DocBoundaries":
+        """Page-locked copies (a copy to the GPU from pageable memory waits for queued work)."""
+        return DocBoundaries(self.cu_seqlens.pin_memory(), self.shape, is_pad=self.is_pad.pin_memory(),
+                             max_seqlen=self.max_seqlen, validate=False)
+
     def equals(self, other: "DocBoundaries") -> bool:
         """Same shape, segments and padding flags (host sync)."""
         return (self.shape == other.shape and torch.equal(self.cu_seqlens.cpu(), other.cu_seqlens.cpu())

@@ -41,7 +41,7 @@ class TrainConfig:
     fused_qkv: bool | None = None
     residual: str | None = None
     # data
-    data: str = "chitchat"           # "chitchat", a Parquet file/folder from `seqpack pack`, or "hf:NAME"
+    data: str = "chitchat"           # "chitchat", a Parquet file/folder from `seqpack pack`, or "hf:NAME[:SPLIT[:COLUMN]]"
     max_docs: int | None = None      # use only the first documents of the corpus
     capacity: int = 1024             # tokens per row
     rows_per_step: int = 8           # rows per optimiser step, all ranks together
