@@ -21,7 +21,7 @@ worth setting come from benchmarks/gpu_train_sweep.py.
 import argparse
 import sys
 
-from seqpack.train import bench
+from seqpack.bench import train as bench
 
 
 def main(argv=None) -> int:

@@ -317,9 +317,10 @@ class GPT(nn.Module):
 
     def configure(self, **changes) -> None:
         """Change per-call options in place (``attn_backend``, ``loss_chunk``, ``qk_norm``,
-        ``fused_rope_norm``, ``fused_qkv``, ``residual``, ``positions``): the benchmark
-        switches them between configurations without rebuilding the model. A compiled
-        model guards on them, so the next call compiles again for the new values."""
+        ``fused_rope_norm``, ``fused_qkv``, ``residual``, ``positions``), keeping the
+        weights: e.g. compare attention backends on one model. Options that shape the
+        weights (layers, widths) cannot change and raise ValueError. A compiled model guards
+        on these options, so the next call compiles again for the new values."""
         allowed = ("attn_backend", "loss_chunk", "qk_norm", "fused_rope_norm", "fused_qkv", "residual", "positions")
         for k, v in changes.items():
             if k not in allowed:

@@ -202,9 +202,10 @@ class Trainer:
 
     def recompile(self, **changes) -> None:
         """Compile again with changed compile settings (``compile``, ``compile_mode``,
-        ``inductor``): drops every compiled graph (``torch._dynamo.reset``) and the
-        per-block wrappers, then wraps the same model and optimizer anew. Single process
-        only (the benchmark's sweep)."""
+        ``inductor``), keeping the weights and the optimizer: e.g. compare compile modes on
+        one model. Drops every compiled graph (``torch._dynamo.reset``) and the per-block
+        compiled calls ``nn.Module.compile`` installed (it has no public undo), then wraps
+        the model anew. Single process only: DDP and FSDP wrap a model once."""
         if self.dist.enabled:
             raise RuntimeError("recompile is for single-process runs (DDP/FSDP wrap the model once)")
         self.cfg = self.cfg.replace(**changes)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from seqpack.train import bench as B
+from seqpack.bench import train as B
 
 __all__ = ["DEFAULT_VARIANTS", "parse_variant", "add_arguments", "run"]
 
