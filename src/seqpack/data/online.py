@@ -32,6 +32,7 @@ Order: map-style sources (`Documents`, lists) are shuffled per epoch with
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -519,3 +520,8 @@ class _Iterator:
                                max_num_docs=ds.max_num_docs, max_seqlen=ds.max_seqlen, shift_labels=False)
         batch.doc_index, batch.doc_start, batch.doc_stop = doc_index, doc_start, doc_start + lens
         return StreamBatch(**_fields_of(batch), step=step, rank=ds.rank, worker=self.worker)
+
+
+def state_to_json(state: dict) -> str:
+    """A state as JSON (numpy arrays as lists), e.g. to store beside a checkpoint."""
+    return json.dumps(state, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else int(o))
