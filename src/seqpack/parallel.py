@@ -161,7 +161,7 @@ class ContextParallel:
             pad: when the token count is not a multiple of cp, append a padding segment
                 (``pad_token_id``, label -100) to make it one; False raises `InputError`.
 
-        The returned labels are always next-token targets (``shifted=True`` for
+        The returned labels are always next-token targets (``label_shift="collator"`` for
         `seqpack.loss.packed_cross_entropy`).
         """
         cp = self.size

@@ -108,7 +108,7 @@ def hf_case(cp: ContextParallel, family: str, **overrides) -> dict:
     T = labels.numel()
     logits = gather(model(**kwargs).logits[0].detach(), cp.group)[:T]
     model.zero_grad()
-    loss_sum, n = packed_cross_entropy(model(**kwargs).logits, shard_labels, reduction="sum", shifted=True)
+    loss_sum, n = packed_cross_entropy(model(**kwargs).logits, shard_labels, reduction="sum", label_shift="collator")
     part = token_mean_loss(loss_sum, n)
     part.backward()
     all_reduce_grads(model)

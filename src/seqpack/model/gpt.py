@@ -376,7 +376,7 @@ class GPT(nn.Module):
         from seqpack.loss import packed_cross_entropy
 
         logits = F.linear(h, self.head_weight)  # bf16 under autocast; upcast inside the loss
-        return packed_cross_entropy(logits, targets, reduction="sum", shifted=True)
+        return packed_cross_entropy(logits, targets, reduction="sum", label_shift="collator")
 
     def compile_loss(self, **compile_kw) -> None:
         """Compile the head + loss on its own (regional compilation, with ``Block.compile``)."""

@@ -114,7 +114,8 @@ class TrainConfig:
 _HELP = {
     "preset": "model size: tiny, mini, small, 124M, 304M",
     "positions": "doc: RoPE positions restart per document; buffer: run over the row/buffer",
-    "attn_backend": "varlen_attention backend for packed mode (auto, flash, varlen, flex, sdpa_dense, ...)",
+    "attn_backend": "varlen_attention backend for packed mode: auto, fa4, fa3, fa2, torch_varlen, flex, "
+                    "sdpa_dense, sdpa_njt, eager (seqpack.attention.BACKENDS)",
     "loss_chunk": "tokens per chunk of the fused head+cross-entropy (0: plain logits)",
     "fused_rope_norm": "RoPE + QK norm as one autograd function (same function; less memory traffic)",
     "fused_qkv": "q, k, v from one matmul over the concatenated weights (same parameters)",

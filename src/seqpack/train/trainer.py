@@ -102,11 +102,11 @@ class Trainer:
                                            **cfg.model_overrides())
         except (ValueError, TypeError) as e:  # GPTConfig checks its fields (head sizes, patterns)
             raise InputError(f"model options: {e}") from None
-        from seqpack.attention import BACKENDS
+        from seqpack.attention import BACKEND_ALIASES, BACKENDS
 
-        if cfg.attn_backend != "auto" and cfg.attn_backend not in BACKENDS:
+        if cfg.attn_backend != "auto" and cfg.attn_backend not in BACKENDS and cfg.attn_backend not in BACKEND_ALIASES:
             raise InputError(f"--attn-backend {cfg.attn_backend!r} is not a backend; known: "
-                             f"{', '.join(BACKENDS)} or auto")
+                             f"{', '.join(BACKENDS)}, {', '.join(BACKEND_ALIASES)} or auto")
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = GPT(self.model_config).to(self.device)
         self.num_params = self.model.num_params()
