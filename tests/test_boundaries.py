@@ -251,3 +251,10 @@ def test_row_overflow_and_negative_lengths():
         DocBoundaries.from_lengths([3, -1], 6)
     with pytest.raises(ValueError, match="hold 9 tokens but the buffer has 6"):
         DocBoundaries.from_lengths([4, 5], 6)
+
+
+def test_from_row_lengths_row_len_is_a_deprecated_name_of_capacity():
+    want = DocBoundaries.from_row_lengths([[2, 3], [4]], 6)
+    with pytest.warns(DeprecationWarning, match="pass capacity="):
+        got = DocBoundaries.from_row_lengths([[2, 3], [4]], row_len=6)
+    assert got.equals(want) and got.shape == (2, 6)

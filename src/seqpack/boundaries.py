@@ -146,15 +146,21 @@ class DocBoundaries:
         return cls._from_numpy(lens, pad, (total,), max_seqlen)
 
     @classmethod
-    def from_row_lengths(cls, row_lengths: Sequence[Sequence[int]], row_len: int, *,
-                         max_seqlen: int | None = None):
-        """Rows ``(B, row_len)``: row b holds documents of lengths ``row_lengths[b]``, then padding."""
+    def from_row_lengths(cls, row_lengths: Sequence[Sequence[int]], capacity: int | None = None, *,
+                         max_seqlen: int | None = None, row_len: int | None = None):
+        """Rows ``(B, capacity)``: row b holds documents of lengths ``row_lengths[b]``, then
+        padding. ``row_len`` is the deprecated name of ``capacity``."""
+        from seqpack.errors import renamed_keyword
+
+        capacity = renamed_keyword(capacity, row_len, "row_len", "capacity", "DocBoundaries.from_row_lengths")
+        if capacity is None:
+            raise TypeError("DocBoundaries.from_row_lengths needs the row length: pass capacity=")
         counts = np.fromiter((len(r) for r in row_lengths), dtype=np.int64, count=len(row_lengths))
         lens = np.fromiter(itertools.chain.from_iterable(row_lengths), dtype=np.int64, count=int(counts.sum()))
-        return cls.from_row_arrays(lens, counts, int(row_len), max_seqlen=max_seqlen)
+        return cls.from_row_arrays(lens, counts, int(capacity), max_seqlen=max_seqlen)
 
     @classmethod
-    def from_row_arrays(cls, lens: np.ndarray, counts: np.ndarray, row_len: int, *,
+    def from_row_arrays(cls, lens: np.ndarray, counts: np.ndarray, capacity: int, *,
                         max_seqlen: int | None = None):
         """Rows from flat document lengths (numpy) and the number of documents in each row:
         ``from_row_lengths`` without building nested lists (the collators' fast path)."""
@@ -164,19 +170,19 @@ class DocBoundaries:
             i = int(np.flatnonzero(lens < 0)[0])
             raise ValueError(f"row {row_of_doc[i]} has a document of negative length {lens[i]}")
         used = np.bincount(row_of_doc, weights=lens, minlength=B).astype(np.int64)
-        if (used > row_len).any():
-            r = int(np.flatnonzero(used > row_len)[0])
-            raise ValueError(f"row {r} holds {used[r]} tokens but rows have {row_len}: "
-                             f"re-plan with capacity {row_len} or use longer rows")
+        if (used > capacity).any():
+            r = int(np.flatnonzero(used > capacity)[0])
+            raise ValueError(f"row {r} holds {used[r]} tokens but rows have {capacity}: "
+                             f"re-plan with capacity {capacity} or use longer rows")
         _check_max_seqlen(lens, max_seqlen, lambda i, n: f"row {row_of_doc[i]} has a document of {n} tokens")
         # Each row: its documents, then one padding segment if the row is not full.
-        pad_len = row_len - used
+        pad_len = capacity - used
         seg_len = np.concatenate([lens, pad_len[pad_len > 0]])
         seg_pad = np.concatenate([np.zeros(lens.size, bool), np.ones(int((pad_len > 0).sum()), bool)])
         seg_row = np.concatenate([row_of_doc, np.flatnonzero(pad_len > 0)])
         order = np.argsort(seg_row * 2 + seg_pad, kind="stable")
         seg_len, seg_pad = _split_long_runs(seg_len[order], seg_pad[order], max_seqlen)
-        return cls._from_numpy(seg_len, seg_pad, (B, row_len), max_seqlen)
+        return cls._from_numpy(seg_len, seg_pad, (B, capacity), max_seqlen)
 
     @classmethod
     def causal_rows(cls, shape, device=None) -> "DocBoundaries":
