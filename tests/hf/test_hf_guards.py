@@ -77,7 +77,10 @@ def tiny_recurrent(model_type):
 
 
 @pytest.mark.parametrize("model_type", ["mamba", "mamba2", "bamba"])
-def test_layers_needing_seq_idx_are_refused(model_type, batch):
+def test_layers_needing_seq_idx_are_refused(model_type, batch, monkeypatch):
+    # These families' mixers are made document-aware (hf_hybrid); without that they must be refused.
+    from seqpack.integrations import hf_hybrid
+    monkeypatch.setattr(hf_hybrid, "MIXERS", {})
     model = tiny_recurrent(model_type)
     with pytest.raises(PackingError, match="mix tokens outside attention"):
         hf.enable_packing(model)

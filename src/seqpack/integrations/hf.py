@@ -21,8 +21,9 @@ Notable:
 - ``use_cache`` left at its default (None) is turned off for packed batches: with a cache
   transformers silently skips the document mask (REFERENCE.md section 4). A cache the
   caller asked for explicitly is refused instead (`PackingError`), as are a 0/1 mask
-  that lost its document labels, layers that mix tokens outside attention (Mamba and
-  other recurrent/convolutional layers would need ``seq_idx``), an attention
+  that lost its document labels, layers that mix tokens outside attention that seqpack
+  does not make document-aware (`seqpack.integrations.hf_hybrid` does so for the Mamba,
+  gated DeltaNet, short-convolution and other hybrid families it knows), an attention
   implementation seqpack does not know, and transformers older than 5.0.
 - Labels: a document's first token is never a target of the previous document's last
   token; the hook sets -100 there when it derives documents from a mask or positions
@@ -139,6 +140,11 @@ _MIXER_LAYER_TYPE = re.compile(r"mamba|linear|conv|recurrent|ssm|rwkv|delta")
 
 def token_mixers_outside_attention(model: torch.nn.Module) -> list[str]:
     """Names of what in ``model`` mixes tokens outside attention (empty when packing is safe)."""
+    # --- hybrid/recurrent layers seqpack makes document-aware (hf_hybrid) are safe ---
+    from seqpack.integrations import hf_hybrid
+    if hf_hybrid.handles(model):
+        return []
+    # ---
     found = []
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -371,8 +377,8 @@ def enable_packing(model: torch.nn.Module, *, attn_implementation: str | None = 
 
     Raises:
         PackingError: transformers older than `MIN_TRANSFORMERS`, layers that mix tokens
-            outside attention (Mamba, linear attention, short convolutions), or an
-            attention implementation seqpack cannot vouch for.
+            outside attention that `seqpack.integrations.hf_hybrid` does not make
+            document-aware, or an attention implementation seqpack cannot vouch for.
     """
     check_transformers_version()
     register_seqpack_attention()
@@ -391,6 +397,10 @@ def _attach(model: torch.nn.Module) -> None:
     if getattr(model, _HANDLE, None) is None:
         handle = model.register_forward_pre_hook(_packing_pre_hook_eager, with_kwargs=True)
         object.__setattr__(model, _HANDLE, handle)
+        # --- hybrid/recurrent mixers get the documents (hf_hybrid; its hook runs after this one) ---
+        from seqpack.integrations import hf_hybrid
+        hf_hybrid.attach(model)
+        # ---
 
 
 def disable_packing(model: torch.nn.Module) -> torch.nn.Module:
@@ -399,6 +409,8 @@ def disable_packing(model: torch.nn.Module) -> torch.nn.Module:
     if handle is not None:
         handle.remove()
         object.__setattr__(model, _HANDLE, None)
+        from seqpack.integrations import hf_hybrid  # --- hybrid mixers back to their own forward ---
+        hf_hybrid.detach(model)
     return model
 
 
