@@ -2,7 +2,7 @@
 
 Notable:
 - ``create_block_mask`` evaluates the mask on every (q, kv) block pair: O(L^2 / BS^2)
-  mask calls, 0.9-14 ms per 32K-token batch on an H100 (REFERENCE.md section 3). Here the
+  mask calls, milliseconds per 32K-token batch even on an H100. Here the
   block structure is computed from the documents' offsets instead. Documents are
   contiguous, so the key blocks a query block needs form one contiguous range, and the
   blocks it may skip the mask on ("full" blocks) form a contiguous sub-range of it; the

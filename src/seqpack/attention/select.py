@@ -42,8 +42,8 @@ from seqpack.attention.base import constant_result as _constant_result
 __all__ = ["FALLBACK_ORDER", "PAYBACK_CALLS", "cache_dir", "table_path", "device_name", "device_key", "rank_backends",
            "load_tables", "register_table", "table_for"]
 
-# Without a measurement: FlashAttention first (fastest on every distribution in REFERENCE.md
-# section 3), then flex (fastest of the PyTorch-only paths on 2 of 3 distributions), then
+# Without a measurement: FlashAttention first (fastest on every length distribution
+# measured, docs/bench/attention.md), then flex (fastest of the PyTorch-only paths on 2 of 3 distributions), then
 # varlen_attn; our Triton kernel (opt-in) only where a table measured it; the dense and
 # nested paths were 3-5x slower; eager last.
 FALLBACK_ORDER = ("flash_attn.cute", "flash_attn_interface", "flash_attn", "flex", "torch_varlen",

@@ -19,7 +19,7 @@ Notable:
   (>= 4.53), so the document labels must be read before the model's forward. The hook
   is the only place seqpack touches a model; no transformers function is replaced.
 - ``use_cache`` left at its default (None) is turned off for packed batches: with a cache
-  transformers silently skips the document mask (REFERENCE.md section 4). A cache the
+  transformers silently skips the document mask. A cache the
   caller asked for explicitly is refused instead (`PackingError`), as are a 0/1 mask
   that lost its document labels, layers that mix tokens outside attention that seqpack
   does not make document-aware (`seqpack.integrations.hf_hybrid` does so for the Mamba,

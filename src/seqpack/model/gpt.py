@@ -106,8 +106,8 @@ class GPTConfig:
         return asdict(self)
 
 
-# Presets: tiny (tests, CPU demo) .. 304M (REFERENCE.md section 3: 16 layers, d=1024,
-# 8 heads of 128, vocab 50304, untied head).
+# Presets: tiny (tests, CPU demo) .. 304M (the benchmark model of docs/bench/train.md:
+# 16 layers, d=1024, 8 heads of 128, vocab 50304, untied head).
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64),
     "mini": dict(n_layer=4, n_head=4, n_embd=128),
@@ -335,7 +335,7 @@ class GPT(nn.Module):
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
     def num_params(self) -> int:
-        """Parameters, a tied embedding counted once (REFERENCE's MFU uses all of them)."""
+        """Parameters, a tied embedding counted once (MFU counts all of them)."""
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ forward
