@@ -53,9 +53,8 @@ SCHEMA = 1
 
 # Devices where auto weighs a backend's one-off compile (flex outside torch.compile compiles
 # itself per new shape) against the time it saves: it must pay for itself within this many
-# calls of the call's size. CPU only: there the compile takes 5-30 s (13.5-14.4 s cold on a
-# 2-core VM, 28 s in a busy test run) and CPU work is typically short (tests, demos,
-# evaluation), while a CUDA run that uses flex trains for minutes to days on one shape.
+# calls of the call's size. CPU only: there the compile takes seconds to tens of seconds
+# (docs/bench/attention.md) and CPU work is typically short (tests, demos, evaluation), while a CUDA run that uses flex trains for minutes to days on one shape.
 PAYBACK_CALLS = {"cpu": 100}
 
 
