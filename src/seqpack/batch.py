@@ -184,6 +184,11 @@ def _gather_pieces(docs, doc: np.ndarray, start: np.ndarray, stop: np.ndarray, s
     """
     lens = stop - start
     total = int(lens.sum())
+    if isinstance(docs, Documents) and shift == 0 and total == docs.tokens.size and doc.size == len(docs) \
+            and not start.any() and (doc == np.arange(doc.size)).all():
+        # the pieces are the whole store in order (a packed file's rows, the online packer's
+        # step): no gather needed
+        return docs.tokens, docs.labels if docs.labels is not None else docs.tokens  # views of the store
     within = np.arange(total, dtype=np.int64) - np.repeat(exclusive_cumsum(lens)[:-1], lens)
     pos = np.repeat(start, lens) + within  # position of every output token inside its document
     if isinstance(docs, Documents):
@@ -331,8 +336,9 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
     shift = shift_labels and label_shift == "collator"
     tokens, labels = _gather_pieces(source, doc, start, stop, shift=1 if shift else 0)
     piece_off = exclusive_cumsum(lens)[:-1]  # offset of every piece in the compact stream
-    if shift_labels and label_shift == "model":
-        piece_labels(labels, piece_off, lens, "model", copy=False)
+    if shift_labels and label_shift == "model":  # never write into the caller's store
+        in_store = isinstance(source, Documents) and (labels is source.labels or labels is source.tokens)
+        labels = piece_labels(labels, piece_off, lens, "model", copy=in_store)
 
     B = bins.size
     n = B * cap
@@ -340,17 +346,17 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
     out_labels = np.full(n, IGNORE_INDEX, dtype=np.int64)
     max_seqlen = cap if max_seqlen is None else int(max_seqlen)
     if layout == "rows":
-        row_of_piece = np.repeat(np.arange(B), counts)
-        row_first = np.repeat(exclusive_cumsum(counts)[:-1], counts)  # first piece of this row
-        in_row = piece_off - piece_off[row_first]
-        dest = np.repeat(row_of_piece * cap + in_row, lens) + (
-            np.arange(tokens.size) - np.repeat(piece_off, lens))
         boundaries = DocBoundaries.from_row_arrays(lens, counts, cap, max_seqlen=max_seqlen)
         shape = (B, cap)
+        # each row's tokens are consecutive in the compact stream and fill the row's start:
+        # a boolean mask in row-major order places them (a copy, no index arithmetic)
+        cum, first = exclusive_cumsum(lens), exclusive_cumsum(counts)
+        row_used = cum[first[1:]] - cum[first[:-1]]
+        dest = (np.arange(cap) < row_used[:, None]).reshape(-1)
     else:
-        dest = np.arange(tokens.size)
         boundaries = DocBoundaries.from_lengths(lens, n, max_seqlen=max_seqlen)
         shape = (n,)
+        dest = slice(0, tokens.size)
     input_ids[dest] = tokens
     out_labels[dest] = labels
     # Position ids in numpy (equal to boundaries.position_ids()): torch.searchsorted on a

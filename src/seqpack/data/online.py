@@ -508,7 +508,8 @@ class _Iterator:
         offsets = exclusive_cumsum(lens)
         if pieces:
             tokens = np.concatenate([p.tokens for p in pieces]).astype(np.int64, copy=False)
-            src = np.concatenate([p.tokens if p.labels is None else p.labels for p in pieces]).astype(np.int64)
+            src = np.concatenate([p.tokens if p.labels is None else p.labels for p in pieces]).astype(np.int64,
+                                                                                                   copy=False)
         else:
             tokens = src = np.zeros(0, np.int64)
         labels = piece_labels(src, offsets[:-1], lens, ds.label_shift, copy=False)
