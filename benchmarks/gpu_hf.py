@@ -28,7 +28,11 @@ Parts, each in its own try/except so one failure never hides the others:
      category: matmul, attention, elementwise, loss, optimiser; and whether the step is GPU-bound).
      torch.compile is regional (each decoder layer, dynamic=False, dynamo reset before each
      compiled configuration; its graph breaks and recompiles are recorded) and use_cache=False.
-  5. bars (issue 4): seqpack >= 2.5x the padding-free path (DataCollatorWithFlattening, sdpa) and
+  5. check_cost: the runtime isolation check (`seqpack.hf.check_isolation`) on the 349M Llama, bf16,
+     "seqpack" and sdpa: seconds for one training step (8 rows of 4096, AdamW) against the check as
+     the packing hook runs it (one form) and explicitly (four forms); it must cost less than a step.
+     The same measurement as benchmarks/bench_hf_check.py (its `measure`).
+  6. bars (issue 4): seqpack >= 2.5x the padding-free path (DataCollatorWithFlattening, sdpa) and
      >= 0.95x naive packing (compiled compared with compiled).
 Everything goes to $OUT/gpu_hf.json (when OUT is set), saved after every configuration.
 """
@@ -557,6 +561,30 @@ def throughput(args, s):
 
 
 @part
+def check_cost(args, s):
+    """The runtime isolation check against one training step of the benchmark model."""
+    from transformers import AutoModelForCausalLM
+    from bench_hf_check import measure
+    from seqpack.integrations import hf
+    rows, docs = documents(s)
+    batch = micro_batches("seqpack", rows, docs, s, args.device)[0]
+    out = {}
+    for impl in [i for i in implementations(args.device) if i in ("seqpack", "sdpa")]:
+        with torch.device(args.device):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(bench_config(s), dtype=torch.bfloat16 if is_gpu(args)
+                                                     else torch.float32, attn_implementation=impl)
+        hf.enable_packing(model, check=False)  # timed explicitly
+        r = measure(model, batch, args.device, repeats=3 if args.tiny else 5)
+        out[impl] = r
+        log(f"check_cost {impl:>8}: step {r['step_s'] * 1e3:.1f} ms, check (hook, 1 form) "
+            f"{r['check_hook_s'] * 1e3:.1f} ms = {r['hook_per_step']:.3f} step, check (4 forms) "
+            f"{r['check_all_forms_s'] * 1e3:.1f} ms = {r['all_forms_per_step']:.3f} step")
+        del model
+    RESULTS["check_cost"] = out
+    RESULTS["check_cost_pass"] = all(r["hook_per_step"] < 1 and r["all_forms_per_step"] < 1 for r in out.values())
+
+
 def bars(args):
     rows = {r["name"]: r for r in RESULTS.get("throughput", []) if "tokens_per_s" in r}
     flat = rows.get("DataCollatorWithFlattening ~4K, sdpa")
@@ -593,7 +621,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=150.0,
                    help="seconds: optional throughput configurations start only while the run is within this")
     p.add_argument("--only", default=None, help="comma-separated parts: env,equivalence_tiny,equivalence_model,"
-                                                "throughput,bars")
+                                                "throughput,check_cost,bars")
     args = p.parse_args(argv)
     s = sizes(args.tiny)
     RESULTS["args"] = vars(args)
@@ -607,6 +635,8 @@ def main(argv=None) -> int:
         equivalence_model(args, s)
     if want("throughput"):
         throughput(args, s)
+    if want("check_cost"):
+        check_cost(args, s)
     if want("bars"):
         bars(args)
     RESULTS["wall_s"] = elapsed()

@@ -258,3 +258,11 @@ def test_from_row_lengths_row_len_is_a_deprecated_name_of_capacity():
     with pytest.warns(DeprecationWarning, match="pass capacity="):
         got = DocBoundaries.from_row_lengths([[2, 3], [4]], row_len=6)
     assert got.equals(want) and got.shape == (2, 6)
+
+
+@pytest.mark.parametrize("shape", [(2, 0), (0, 4)])
+def test_empty_mask_is_refused_naming_its_shape(shape):
+    mask = torch.zeros(shape, dtype=torch.long)
+    for fn in (seqpack.get_seqlens_in_batch, seqpack.get_unpad_data, DocBoundaries.from_attention_mask):
+        with pytest.raises(ValueError, match=rf"shape \({shape[0]}, {shape[1]}\): no tokens"):
+            fn(mask)

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from seqpack.errors import InputError
+
 __all__ = ["DocBoundaries", "check_cu_seqlens", "get_seqlens_in_batch", "get_unpad_data"]
 
 
@@ -219,6 +221,9 @@ class DocBoundaries:
         if m.dim() != 2:
             raise ValueError(f"attention_mask must be 2D [batch, seq_len]; got shape {tuple(m.shape)}")
         B, L = m.shape
+        if B == 0 or L == 0:
+            raise InputError(f"attention_mask has shape {tuple(m.shape)}: no tokens to pack; pass at least one "
+                             f"row with at least one position")
         m = m.to(torch.int64)
         if (m < 0).any():
             i = _first_true(m < 0)

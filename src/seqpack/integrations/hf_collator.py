@@ -36,7 +36,7 @@ Notable:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -182,6 +182,10 @@ class DataCollatorForPacking:
         return_packed_batch: return the `PackedBatch` itself instead of a dict.
         return_tensors: ``"pt"`` only (the batch is torch tensors); other values are
             refused here rather than ignored.
+        model: the model the batches are for; when given, the collator's first batch first runs
+            `seqpack.hf.check_isolation` on it in this collator's format (raises `PackingError` if
+            the model would let packed documents attend to each other). Runs in the process that
+            collates: with DataLoader workers, call ``check_isolation(model)`` yourself instead.
     """
 
     max_length: int | None = 4096
@@ -195,6 +199,7 @@ class DataCollatorForPacking:
     format: str = "flash"
     return_packed_batch: bool = False
     return_tensors: str = "pt"
+    model: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.return_tensors != "pt":
@@ -210,6 +215,8 @@ class DataCollatorForPacking:
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any] | PackedBatch:
         if not features:
             raise ValueError("the collator got an empty list of examples")
+        if self.model is not None and not getattr(self, "_model_checked", False):
+            self._check_model()
         docs, row_of_doc, prepacked = self._documents(features)
         lengths = np.fromiter((len(d["input_ids"]) for d in docs), dtype=np.int64, count=len(docs))
         if self.pack and not prepacked:
@@ -223,6 +230,16 @@ class DataCollatorForPacking:
         return packed_model_inputs(batch, format=self.format)
 
     # ------------------------------------------------------------------ helpers
+
+    def _check_model(self) -> None:
+        if torch.utils.data.get_worker_info() is not None:
+            raise RuntimeError("DataCollatorForPacking(model=...) checks the model in the process that collates, "
+                               "but this is a DataLoader worker: call seqpack.hf.check_isolation(model) before "
+                               "training and build the collator without model=")
+        from seqpack.integrations import hf_check
+        form = {"flash": "collator"}.get(self.format, f"collator:{self.format}")
+        hf_check.on_packed_call(self.model, {}, form=form)
+        self._model_checked = True
 
     def _documents(self, features):
         """Flat list of documents ``{"input_ids", "labels"}``, the row each came from, and
