@@ -296,6 +296,8 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
             document -100).
         pad_token_id: input id written into padding (its label is always -100).
         max_num_docs: if given, pad ``cu_seqlens`` to this many segments (static shapes).
+            It counts the segments of the whole batch, padding runs included (not the
+            pieces of one bin: that is `plan_packing`'s ``max_docs_per_bin``).
         max_seqlen: bound recorded in the boundaries; default ``capacity`` (a constant, so
             compiled models see the same value every batch).
         shift_labels: False when the labels in ``docs`` already are in the ``label_shift``

@@ -276,7 +276,9 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
             "drop"     leave it out; counts in `plan.dropped_docs` and `plan.dropped_tokens`.
         max_docs_per_bin: at most this many pieces per bin (a bin that reaches it is
             closed), e.g. to bound the number of documents a varlen kernel sees per row.
-            None: no limit. Must be >= 1.
+            None: no limit. Must be >= 1. It counts pieces of one bin; `collate_packed`'s
+            ``max_num_docs`` counts segments of a whole batch (pieces and padding runs) to
+            fix the size of ``cu_seqlens``.
         window: bfd/ffd only. Pack each block of `window` consecutive documents on its own;
             no bin mixes documents of two windows, and window w's bins all come before
             window w+1's. None: one global packing. Refused with nextfit/wrapped, which
