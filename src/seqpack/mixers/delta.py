@@ -32,6 +32,31 @@ def _fla_kernel():
     return kernel
 
 
+def fla_unsafe_reason(device: torch.device) -> str | None:
+    """Why flash-linear-attention's gated-delta kernel must not run on ``device``, or None.
+
+    flash-linear-attention 0.6 refuses its own backward on Hopper (sm90) with Triton >= 3.4.0 and
+    < 3.7.1 unless tilelang is installed (those Tritons compute its gated ``chunk_bwd_dqkwg``
+    wrongly), and it raises only in the backward pass. Checked before the forward, so a training
+    step never starts on a kernel whose gradients would be refused.
+    """
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+        return None
+    try:
+        import triton
+    except ImportError:
+        return None
+    version = tuple(int(p) for p in triton.__version__.split("+")[0].split(".")[:3] if p.isdigit())
+    if not ((3, 4, 0) <= version < (3, 7, 1)):
+        return None
+    try:
+        import tilelang  # noqa: F401
+        return None
+    except ImportError:
+        return (f"flash-linear-attention's gated-delta backward is wrong on Hopper with Triton {triton.__version__} "
+                f"(needs Triton >= 3.7.1 or tilelang)")
+
+
 def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
                            beta: torch.Tensor, seq_idx: torch.Tensor | None = None, *,
                            scale: float | None = None, use_qk_l2norm: bool = False, chunk_size: int = 64,
@@ -49,7 +74,8 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
     ``v``'s dtype; the math runs in fp32. ``g`` must be <= 0.
 
     ``use_kernel``: flash-linear-attention's Triton ``chunk_gated_delta_rule`` with
-    ``cu_seqlens`` (None: when importable and the inputs are on CUDA; True: required).
+    ``cu_seqlens`` (None: when importable, the inputs are on CUDA and `fla_unsafe_reason` finds
+    nothing; True: required, or an error naming why it cannot run).
     """
     B, L, Hk, Dk = k.shape
     Hv = v.shape[2]
@@ -66,6 +92,11 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
         kernel = _fla_kernel()
         if kernel is None and use_kernel:
             raise ImportError("use_kernel=True needs flash-linear-attention: pip install flash-linear-attention")
+        unsafe = fla_unsafe_reason(q.device) if kernel is not None else None
+        if unsafe and use_kernel:
+            raise RuntimeError(f"use_kernel=True: {unsafe}")
+        if unsafe:
+            kernel = None  # the torch path below computes the same rule
     if kernel is not None and q.is_cuda:
         return _fla_varlen(kernel, q, k, v, g, beta, seq_idx, scale, use_qk_l2norm)
     return _torch_chunked(q, k, v, g, beta, seq_idx, scale, use_qk_l2norm, chunk_size)
