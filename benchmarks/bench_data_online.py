@@ -2,8 +2,8 @@
 
     python benchmarks/bench_data_online.py
 
-SFT-like documents (log-normal lengths, median 400, sigma 0.86, clipped to [1, 8192], as
-REFERENCE.md's "SFT-like"), pieces of at most 4096 tokens. For each layout, times
+SFT-like documents (log-normal lengths, median 400, sigma 0.86, clipped to [1, 8192], the
+"SFT-like" distribution of docs/bench), pieces of at most 4096 tokens. For each layout, times
 producing batches of 32,768 tokens (rows 8 x 4096, or one 1D buffer with a static
 ``max_num_docs``) with ``time.process_time`` (CPU time of the process, all threads), after
 a warm-up that loads the numba kernels; mean, median and p90 over the batches. Then runs 2 and 8 simulated ranks over the same

@@ -667,7 +667,7 @@ def main() -> int:
         print("no CUDA device (use --smoke to check the script on a CPU)", flush=True)
         return 1
     from seqpack.attention import register_backend
-    from seqpack.attention.triton_varlen import TritonVarlen
+    from seqpack.bench.triton_varlen import TritonVarlen
     # The stretch attempt, not registered by seqpack itself: our Triton kernel tiling the
     # flat buffer (several short documents per tile).
     register_backend(TritonVarlen())

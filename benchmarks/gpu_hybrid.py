@@ -162,7 +162,7 @@ def hf_tiny(args):
                num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
                linear_key_head_dim=16, linear_value_head_dim=16, layer_types=["linear_attention", "full_attention"],
                pad_token_id=0)
-    docs, batch = make_rows((70, 5, 130, 64, 33, 90), ((0, 1, 2), (3, 4, 5)), 128, row_len=220, device=args.device)
+    docs, batch = make_rows((70, 5, 130, 64, 33, 90), ((0, 1, 2), (3, 4, 5)), 128, capacity=220, device=args.device)
     out = {}
     for impl in ("sdpa", "seqpack"):
         torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""The issue-6 GPU benchmark in one run: `seqpack bench train` with its defaults.
+"""The training-step GPU benchmark in one run: `seqpack bench train` with its defaults.
 
 REFERENCE.md section 3's training step (304M GPT, 32K tokens per step, SFT-like and short
 length distributions, bf16 autocast, torch.compile, fused AdamW): padded, naive, packed
@@ -21,7 +21,7 @@ worth setting come from benchmarks/gpu_train_sweep.py.
 import argparse
 import sys
 
-from seqpack.train import bench
+from seqpack.bench import train as bench
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@ sft distribution, packed, flash_attn.cute (auto when flash-attn-4 is missing); p
 recompile, a warm-up until steady, then 8 steps timed one by one; a row per variant with
 the median step, useful tokens/s, MFU and the GPU kernel time split (matmul / attention /
 other / optimizer / loss), then the sorted table and the full-benchmark command with the
-fastest settings that keep the math. See `seqpack.train.sweep` for the variant recipes.
+fastest settings that keep the math. See `seqpack.bench.sweep` for the variant recipes.
 
     python benchmarks/gpu_train_sweep.py                       # one H100: about 7-8 minutes
     python benchmarks/gpu_train_sweep.py --variants blocks,blocks+cd,model
@@ -17,7 +17,7 @@ JSON in $OUT/sweep_train.json (rewritten after every variant).
 import argparse
 import sys
 
-from seqpack.train import sweep
+from seqpack.bench import sweep
 
 
 def main(argv=None) -> int:

@@ -253,6 +253,13 @@ def test_row_overflow_and_negative_lengths():
         DocBoundaries.from_lengths([4, 5], 6)
 
 
+def test_from_row_lengths_row_len_is_a_deprecated_name_of_capacity():
+    want = DocBoundaries.from_row_lengths([[2, 3], [4]], 6)
+    with pytest.warns(DeprecationWarning, match="pass capacity="):
+        got = DocBoundaries.from_row_lengths([[2, 3], [4]], row_len=6)
+    assert got.equals(want) and got.shape == (2, 6)
+
+
 @pytest.mark.parametrize("shape", [(2, 0), (0, 4)])
 def test_empty_mask_is_refused_naming_its_shape(shape):
     mask = torch.zeros(shape, dtype=torch.long)

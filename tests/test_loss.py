@@ -42,7 +42,7 @@ def _starts(batch):
 @pytest.mark.parametrize("shift", ["model", "collator"])
 def test_token_mean_doc_mean_and_sum(shift):
     batch, logits, per_doc = setup(shift)
-    kw = dict(shifted=shift == "collator")
+    kw = dict(label_shift=shift)
     all_tok = torch.cat(per_doc)
     mean = packed_cross_entropy(logits, batch.labels, reduction="mean", **kw)
     torch.testing.assert_close(mean, all_tok.mean())
@@ -73,3 +73,13 @@ def test_errors():
         packed_cross_entropy(logits, batch.labels, reduction="doc_mean")
     with pytest.raises(ValueError, match="disagree"):
         packed_cross_entropy(logits[:, :-1], batch.labels)
+
+
+def test_shifted_is_a_deprecated_spelling_of_label_shift():
+    batch, logits, _ = setup("collator")
+    want = packed_cross_entropy(logits, batch.labels, label_shift="collator")
+    with pytest.warns(DeprecationWarning, match="label_shift='collator'"):
+        got = packed_cross_entropy(logits, batch.labels, shifted=True)
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="label_shift must be"):
+        packed_cross_entropy(logits, batch.labels, label_shift="hf")

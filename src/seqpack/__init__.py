@@ -5,10 +5,16 @@ The pipeline, one module per stage:
     lengths --plan--> PackPlan --collate--> PackedBatch --> DocBoundaries --> attention
     (plan.py)                    (batch.py)                 (boundaries.py)   (attention/)
 
+`collate_packed` is the one road from planned pieces to a batch: packed files, the online
+packer, the trainer and the Hugging Face collator all go through it (rows packed elsewhere
+become a plan with `PackPlan.from_rows`). `seqpack.labels` holds the label rules
+(`IGNORE_INDEX`, the two shift conventions) without importing torch.
+
 Integrations (``seqpack.hf`` for Hugging Face transformers), data streaming
 (``seqpack.data``), the demo GPT and its training loop (``seqpack.model``,
 ``seqpack.train``) build on that core and are imported only when touched, so
-``import seqpack`` stays light: torch and numpy, nothing else.
+``import seqpack`` stays light: torch and numpy, nothing else. Benchmark harnesses live
+in ``seqpack.bench``, which product code never imports.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ _LAZY = {
     # batching
     "PackedBatch": "seqpack.batch",
     "collate_packed": "seqpack.batch",
+    "Documents": "seqpack.batch",
+    "IGNORE_INDEX": "seqpack.labels",
     # loss
     "packed_cross_entropy": "seqpack.loss",
     # attention

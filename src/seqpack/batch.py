@@ -5,12 +5,15 @@ Notable:
   each row, shape ``(B, capacity)``. ``"1d"``: the same bins' pieces back to back in one
   buffer of ``B * capacity`` tokens with all padding at the end (FlashAttention varlen /
   nanochat style), ``max_seqlen = capacity``.
-- Labels never cross a document, in either convention. ``label_shift="model"`` (Hugging
-  Face): labels align with inputs and the model shifts them, so the first token of every
-  piece gets -100. ``label_shift="collator"`` (nanochat): labels are already the next
-  token, so the last token of every document gets -100, while the last token of a split
-  piece keeps its real target (the next token of the same document). A -100 the caller
-  set (prompt masking) is kept. Padding is -100.
+- Labels never cross a document, in either convention (`seqpack.labels` holds the rule):
+  ``label_shift="model"`` (Hugging Face) puts -100 on the first token of every piece;
+  ``label_shift="collator"`` (nanochat) on the last token of every document, while the last
+  token of a split piece keeps its real target. A -100 the caller set (prompt masking) is
+  kept. Padding is -100.
+- This is the one road from planned pieces to a batch: packed files
+  (`seqpack.data.read_packed`), the online packer, the trainer and the Hugging Face
+  collator all call `collate_packed`; rows packed elsewhere become a plan with
+  `PackPlan.from_rows`.
 - Gathering is vectorised when documents live in a flat `Documents` store; a plain list
   of token lists works too (one slice per piece).
 """
@@ -25,10 +28,9 @@ import torch
 
 from seqpack.boundaries import DocBoundaries
 from seqpack.errors import InputError
+from seqpack.labels import IGNORE_INDEX, check_label_shift, exclusive_cumsum, piece_labels, segment_of
 
 __all__ = ["Documents", "PackedBatch", "collate_packed", "IGNORE_INDEX"]
-
-IGNORE_INDEX = -100  # the label value PyTorch's and Hugging Face's losses skip
 
 
 def _int_ids(x, what: str, name: str = "input_ids") -> np.ndarray:
@@ -84,13 +86,12 @@ class Documents:
         memory; ids it cannot hold are refused, naming the document, never wrapped."""
         arrays = [_int_ids(d, f"document {i}") for i, d in enumerate(docs)]
         lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
-        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        offsets = exclusive_cumsum(lengths)
         flat = np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
         info = np.iinfo(dtype)
         if flat.size and (flat.max() > info.max or flat.min() < info.min):
             bad = np.flatnonzero((flat > info.max) | (flat < info.min))[0]
-            i = int(np.searchsorted(offsets, bad, side="right") - 1)
+            i = int(segment_of(offsets, bad))
             raise InputError(f"document {i}: token id {int(flat[bad]):,} does not fit {np.dtype(dtype).name}; "
                              f"pass dtype=np.int64")
         lab = None
@@ -123,7 +124,7 @@ def _check_token_range(tokens: np.ndarray, offsets: np.ndarray) -> None:
     elif tokens.dtype == np.uint64 and tokens.max() > np.iinfo(np.int64).max:
         bad = np.flatnonzero(tokens > np.iinfo(np.int64).max)[0]
     if bad is not None:
-        i = int(np.searchsorted(offsets, bad, side="right") - 1)
+        i = int(segment_of(offsets, bad))
         raise InputError(f"document {i}: token id {int(tokens[bad]):,} is not in [0, 2**63); token ids "
                          f"are indices into the vocabulary")
 
@@ -168,17 +169,9 @@ class PackedBatch:
                            self.doc_index, self.doc_start, self.doc_stop)
 
     def pin_memory(self) -> "PackedBatch":
-        b = self.boundaries
-        pinned = DocBoundaries(b.cu_seqlens.pin_memory(), b.shape, is_pad=b.is_pad.pin_memory(),
-                               max_seqlen=b.max_seqlen, validate=False)
         return PackedBatch(self.input_ids.pin_memory(), self.labels.pin_memory(),
-                           self.position_ids.pin_memory(), pinned, self.label_shift,
+                           self.position_ids.pin_memory(), self.boundaries.pin_memory(), self.label_shift,
                            self.doc_index, self.doc_start, self.doc_stop)
-
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        """``input_ids``, ``labels``, ``position_ids`` as a dict (no attention mask: the
-        boundaries, not a mask, carry the documents)."""
-        return {"input_ids": self.input_ids, "labels": self.labels, "position_ids": self.position_ids}
 
 
 def _gather_pieces(docs, doc: np.ndarray, start: np.ndarray, stop: np.ndarray, shift: int):
@@ -191,7 +184,12 @@ def _gather_pieces(docs, doc: np.ndarray, start: np.ndarray, stop: np.ndarray, s
     """
     lens = stop - start
     total = int(lens.sum())
-    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+    if isinstance(docs, Documents) and shift == 0 and total == docs.tokens.size and doc.size == len(docs) \
+            and not start.any() and (doc == np.arange(doc.size)).all():
+        # the pieces are the whole store in order (a packed file's rows, the online packer's
+        # step): no gather needed
+        return docs.tokens, docs.labels if docs.labels is not None else docs.tokens  # views of the store
+    within = np.arange(total, dtype=np.int64) - np.repeat(exclusive_cumsum(lens)[:-1], lens)
     pos = np.repeat(start, lens) + within  # position of every output token inside its document
     if isinstance(docs, Documents):
         base = np.repeat(docs.offsets[doc], lens)
@@ -279,7 +277,7 @@ def _check_against_plan(plan, n_docs: int, doc, start, stop, bin_of, actual_of) 
 
 def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: str = "model",
                    pad_token_id: int = 0, max_num_docs: int | None = None,
-                   max_seqlen: int | None = None) -> PackedBatch:
+                   max_seqlen: int | None = None, shift_labels: bool = True) -> PackedBatch:
     """Materialise bins of a `PackPlan` into a `PackedBatch`.
 
     Args:
@@ -298,13 +296,17 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
             document -100).
         pad_token_id: input id written into padding (its label is always -100).
         max_num_docs: if given, pad ``cu_seqlens`` to this many segments (static shapes).
+            It counts the segments of the whole batch, padding runs included (not the
+            pieces of one bin: that is `plan_packing`'s ``max_docs_per_bin``).
         max_seqlen: bound recorded in the boundaries; default ``capacity`` (a constant, so
             compiled models see the same value every batch).
+        shift_labels: False when the labels in ``docs`` already are in the ``label_shift``
+            convention (a packed file, the online packer's pieces): they are copied as
+            given, only padding gets -100.
     """
     if layout not in ("rows", "1d"):
         raise InputError(f"layout must be 'rows' or '1d'; got {layout!r}")
-    if label_shift not in ("model", "collator"):
-        raise InputError(f"label_shift must be 'model' (HF) or 'collator' (nanochat); got {label_shift!r}")
+    check_label_shift(label_shift)
     cap = int(plan.capacity)
     if bins is None:
         bins = np.arange(plan.num_bins)
@@ -317,7 +319,7 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
         raise InputError(f"bins must be in [0, {plan.num_bins}); got {bins.min()}..{bins.max()}")
     lo, hi = plan.bin_offsets[bins], plan.bin_offsets[bins + 1]
     counts = hi - lo
-    idx = np.repeat(lo - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+    idx = np.repeat(lo - exclusive_cumsum(counts)[:-1], counts) + np.arange(int(counts.sum()))
     doc, start, stop = plan.doc[idx], plan.start[idx], plan.stop[idx]
     lens = stop - start
     bin_of = np.repeat(bins, counts)  # plan bin of every piece, for error messages
@@ -333,10 +335,12 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
         source = _list_documents(docs, doc, bin_of)
         _check_against_plan(plan, n_docs, doc, start, stop, bin_of,
                             lambda d: np.fromiter((source[i][0].size for i in d.tolist()), np.int64, d.size))
-    tokens, labels = _gather_pieces(source, doc, start, stop, shift=1 if label_shift == "collator" else 0)
-    if label_shift == "model" and lens.size:
-        # The first token of a piece would be predicted from the previous segment.
-        labels[np.cumsum(lens) - lens] = IGNORE_INDEX
+    shift = shift_labels and label_shift == "collator"
+    tokens, labels = _gather_pieces(source, doc, start, stop, shift=1 if shift else 0)
+    piece_off = exclusive_cumsum(lens)[:-1]  # offset of every piece in the compact stream
+    if shift_labels and label_shift == "model":  # never write into the caller's store
+        in_store = isinstance(source, Documents) and (labels is source.labels or labels is source.tokens)
+        labels = piece_labels(labels, piece_off, lens, "model", copy=in_store)
 
     B = bins.size
     n = B * cap
@@ -344,18 +348,17 @@ def collate_packed(plan, docs, bins=None, *, layout: str = "rows", label_shift: 
     out_labels = np.full(n, IGNORE_INDEX, dtype=np.int64)
     max_seqlen = cap if max_seqlen is None else int(max_seqlen)
     if layout == "rows":
-        row_of_piece = np.repeat(np.arange(B), counts)
-        piece_off = np.cumsum(lens) - lens  # offset in the compact stream
-        row_first = np.repeat(np.cumsum(counts) - counts, counts)  # first piece of this row
-        in_row = piece_off - piece_off[row_first]
-        dest = np.repeat(row_of_piece * cap + in_row, lens) + (
-            np.arange(tokens.size) - np.repeat(piece_off, lens))
         boundaries = DocBoundaries.from_row_arrays(lens, counts, cap, max_seqlen=max_seqlen)
         shape = (B, cap)
+        # each row's tokens are consecutive in the compact stream and fill the row's start:
+        # a boolean mask in row-major order places them (a copy, no index arithmetic)
+        cum, first = exclusive_cumsum(lens), exclusive_cumsum(counts)
+        row_used = cum[first[1:]] - cum[first[:-1]]
+        dest = (np.arange(cap) < row_used[:, None]).reshape(-1)
     else:
-        dest = np.arange(tokens.size)
         boundaries = DocBoundaries.from_lengths(lens, n, max_seqlen=max_seqlen)
         shape = (n,)
+        dest = slice(0, tokens.size)
     input_ids[dest] = tokens
     out_labels[dest] = labels
     # Position ids in numpy (equal to boundaries.position_ids()): torch.searchsorted on a

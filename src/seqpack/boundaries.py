@@ -34,7 +34,7 @@ import torch
 
 from seqpack.errors import InputError
 
-__all__ = ["DocBoundaries", "get_seqlens_in_batch", "get_unpad_data"]
+__all__ = ["DocBoundaries", "check_cu_seqlens", "get_seqlens_in_batch", "get_unpad_data"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -70,6 +70,15 @@ def _split_long_runs(lengths: np.ndarray, is_pad: np.ndarray, limit: int | None)
     return out_len, out_pad
 
 
+def _check_max_seqlen(lens: np.ndarray, max_seqlen: int | None, which) -> None:
+    """Refuse a document longer than ``max_seqlen``: varlen kernels size their grid from it
+    and would silently skip the tokens beyond it. ``which(i, n)`` says "document i has n tokens"."""
+    if max_seqlen is not None and lens.size and lens.max() > max_seqlen:
+        i = int(lens.argmax())
+        raise ValueError(f"{which(i, lens[i])} but max_seqlen is {max_seqlen}: "
+                         f"split it (plan_packing overflow='split') or raise max_seqlen")
+
+
 # ----------------------------------------------------------------------------------------
 
 
@@ -95,7 +104,7 @@ class DocBoundaries:
         cu_seqlens = _as_int_tensor(cu_seqlens, "cu_seqlens")
         shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list, torch.Size)) else (shape,)))
         if validate:
-            _check_cu_seqlens(cu_seqlens, shape)
+            check_cu_seqlens(cu_seqlens, shape)
         self.cu_seqlens = cu_seqlens.to(torch.int32)
         n_seg = self.cu_seqlens.numel() - 1
         if is_pad is None:
@@ -131,10 +140,7 @@ class DocBoundaries:
         if used > total:
             raise ValueError(f"documents hold {used} tokens but the buffer has {total}: "
                              f"pass a larger total or fewer documents")
-        if max_seqlen is not None and lens.size and lens.max() > max_seqlen:
-            i = int(lens.argmax())
-            raise ValueError(f"document {i} has {lens[i]} tokens but max_seqlen is {max_seqlen}: "
-                             f"split it (plan_packing overflow='split') or raise max_seqlen")
+        _check_max_seqlen(lens, max_seqlen, lambda i, n: f"document {i} has {n} tokens")
         pad = np.zeros(lens.size, dtype=bool)
         if used < total:
             lens, pad = np.append(lens, total - used), np.append(pad, True)
@@ -142,15 +148,21 @@ class DocBoundaries:
         return cls._from_numpy(lens, pad, (total,), max_seqlen)
 
     @classmethod
-    def from_row_lengths(cls, row_lengths: Sequence[Sequence[int]], row_len: int, *,
-                         max_seqlen: int | None = None):
-        """Rows ``(B, row_len)``: row b holds documents of lengths ``row_lengths[b]``, then padding."""
+    def from_row_lengths(cls, row_lengths: Sequence[Sequence[int]], capacity: int | None = None, *,
+                         max_seqlen: int | None = None, row_len: int | None = None):
+        """Rows ``(B, capacity)``: row b holds documents of lengths ``row_lengths[b]``, then
+        padding. ``row_len`` is the deprecated name of ``capacity``."""
+        from seqpack.errors import renamed_keyword
+
+        capacity = renamed_keyword(capacity, row_len, "row_len", "capacity", "DocBoundaries.from_row_lengths")
+        if capacity is None:
+            raise TypeError("DocBoundaries.from_row_lengths needs the row length: pass capacity=")
         counts = np.fromiter((len(r) for r in row_lengths), dtype=np.int64, count=len(row_lengths))
         lens = np.fromiter(itertools.chain.from_iterable(row_lengths), dtype=np.int64, count=int(counts.sum()))
-        return cls.from_row_arrays(lens, counts, int(row_len), max_seqlen=max_seqlen)
+        return cls.from_row_arrays(lens, counts, int(capacity), max_seqlen=max_seqlen)
 
     @classmethod
-    def from_row_arrays(cls, lens: np.ndarray, counts: np.ndarray, row_len: int, *,
+    def from_row_arrays(cls, lens: np.ndarray, counts: np.ndarray, capacity: int, *,
                         max_seqlen: int | None = None):
         """Rows from flat document lengths (numpy) and the number of documents in each row:
         ``from_row_lengths`` without building nested lists (the collators' fast path)."""
@@ -160,22 +172,33 @@ class DocBoundaries:
             i = int(np.flatnonzero(lens < 0)[0])
             raise ValueError(f"row {row_of_doc[i]} has a document of negative length {lens[i]}")
         used = np.bincount(row_of_doc, weights=lens, minlength=B).astype(np.int64)
-        if (used > row_len).any():
-            r = int(np.flatnonzero(used > row_len)[0])
-            raise ValueError(f"row {r} holds {used[r]} tokens but rows have {row_len}: "
-                             f"re-plan with capacity {row_len} or use longer rows")
-        if max_seqlen is not None and lens.size and lens.max() > max_seqlen:
-            i = int(lens.argmax())
-            raise ValueError(f"row {row_of_doc[i]} has a document of {lens[i]} tokens but max_seqlen is "
-                             f"{max_seqlen}: split it (plan_packing overflow='split') or raise max_seqlen")
+        if (used > capacity).any():
+            r = int(np.flatnonzero(used > capacity)[0])
+            raise ValueError(f"row {r} holds {used[r]} tokens but rows have {capacity}: "
+                             f"re-plan with capacity {capacity} or use longer rows")
+        _check_max_seqlen(lens, max_seqlen, lambda i, n: f"row {row_of_doc[i]} has a document of {n} tokens")
         # Each row: its documents, then one padding segment if the row is not full.
-        pad_len = row_len - used
+        pad_len = capacity - used
         seg_len = np.concatenate([lens, pad_len[pad_len > 0]])
         seg_pad = np.concatenate([np.zeros(lens.size, bool), np.ones(int((pad_len > 0).sum()), bool)])
         seg_row = np.concatenate([row_of_doc, np.flatnonzero(pad_len > 0)])
         order = np.argsort(seg_row * 2 + seg_pad, kind="stable")
         seg_len, seg_pad = _split_long_runs(seg_len[order], seg_pad[order], max_seqlen)
-        return cls._from_numpy(seg_len, seg_pad, (B, row_len), max_seqlen)
+        return cls._from_numpy(seg_len, seg_pad, (B, capacity), max_seqlen)
+
+    @classmethod
+    def causal_rows(cls, shape, device=None) -> "DocBoundaries":
+        """One segment per row: plain causal attention over whole rows of ``(B, L)`` (or of
+        one ``(T,)`` buffer).
+
+        A model given no boundaries attends this way; so do the padded baseline (one document
+        per row; a real token never sees the padding after it) and the naive-packing baseline
+        (documents see each other). Built with tensor ops only, so it traces under torch.compile.
+        """
+        B, L = (1, shape[0]) if len(shape) == 1 else shape
+        cu = torch.arange(B + 1, device=device, dtype=torch.int32) * L
+        return cls(cu, tuple(shape), is_pad=torch.zeros(B, dtype=torch.bool, device=device),
+                   max_seqlen=L, validate=False)
 
     @classmethod
     def _from_numpy(cls, seg_len: np.ndarray, seg_pad: np.ndarray, shape, max_seqlen):
@@ -410,6 +433,11 @@ class DocBoundaries:
                              is_pad=self.is_pad.to(device, non_blocking=non_blocking),
                              max_seqlen=self.max_seqlen, validate=False)
 
+    def pin_memory(self) -> "DocBoundaries":
+        """Page-locked copies (a copy to the GPU from pageable memory waits for queued work)."""
+        return DocBoundaries(self.cu_seqlens.pin_memory(), self.shape, is_pad=self.is_pad.pin_memory(),
+                             max_seqlen=self.max_seqlen, validate=False)
+
     def equals(self, other: "DocBoundaries") -> bool:
         """Same shape, segments and padding flags (host sync)."""
         return (self.shape == other.shape and torch.equal(self.cu_seqlens.cpu(), other.cu_seqlens.cpu())
@@ -420,7 +448,7 @@ class DocBoundaries:
                 f"max_seqlen={self.max_seqlen}, device={self.device})")
 
 
-def _check_cu_seqlens(cu: torch.Tensor, shape: tuple[int, ...]) -> None:
+def check_cu_seqlens(cu: torch.Tensor, shape: tuple[int, ...]) -> None:
     """Raise ValueError unless ``cu`` is valid offsets for a buffer of this shape."""
     if len(shape) not in (1, 2):
         raise ValueError(f"shape must be (T,) or (B, L); got {shape}")

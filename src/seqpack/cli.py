@@ -21,9 +21,9 @@ COMMANDS = {
 
 # seqpack bench <what>
 BENCHES = {
-    "plan": ("seqpack.bench_plan", "time the planner"),
+    "plan": ("seqpack.bench.plan", "time the planner"),
     "attention": ("seqpack.attention.bench", "time every attention backend; write the calibration table"),
-    "train": ("seqpack.train.bench", "time a training step: padded, naive, packed per backend"),
+    "train": ("seqpack.bench.train", "time a training step: padded, naive, packed per backend"),
 }
 
 

@@ -27,3 +27,16 @@ def where(path=None, line=None, row=None, column=None) -> str:
     if column is not None:
         text = f"{text}, column {column!r}" if text else f"column {column!r}"
     return text
+
+
+def renamed_keyword(new_value, old_value, old: str, new: str, where: str):
+    """``new_value``, or ``old_value`` (with a DeprecationWarning) when only the old keyword
+    was given: keeps the keyword names users may already pass working after a rename."""
+    if old_value is None:
+        return new_value
+    import warnings
+
+    warnings.warn(f"{where}({old}=...) is deprecated: pass {new}=", DeprecationWarning, stacklevel=3)
+    if new_value is not None:
+        raise InputError(f"{where}: pass {new} only ({old} is its old name)")
+    return old_value

@@ -17,15 +17,16 @@ import torch
 import torch.nn.functional as F
 
 from seqpack.boundaries import DocBoundaries
+from seqpack.labels import IGNORE_INDEX, check_label_shift
 
 __all__ = ["packed_cross_entropy"]
 
-IGNORE_INDEX = -100
 _REDUCTIONS = ("mean", "doc_mean", "sum", "none")
 
 
 def packed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, boundaries: DocBoundaries | None = None,
-                         *, reduction: str = "mean", shifted: bool = False, ignore_index: int = IGNORE_INDEX):
+                         *, reduction: str = "mean", label_shift: str = "model", ignore_index: int = IGNORE_INDEX,
+                         shifted: bool | None = None):
     """Cross-entropy over a packed batch.
 
     Args:
@@ -35,17 +36,26 @@ def packed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, boundaries:
         reduction: ``"mean"`` (per label token), ``"doc_mean"`` (per document, then
             averaged over documents that have a label), ``"sum"`` (returns
             ``(sum, num_tokens)``) or ``"none"`` (per position, 0 where ignored).
-        shifted: False if labels align with inputs (Hugging Face convention: position i
-            predicts ``labels[i + 1]``, so the collator set -100 on each document's first
-            token); True if labels already are next-token targets (nanochat convention).
+        label_shift: ``"model"`` if labels align with inputs (Hugging Face convention:
+            position i predicts ``labels[i + 1]``, so the collator set -100 on each
+            document's first token); ``"collator"`` if labels already are next-token
+            targets (nanochat convention). The name `collate_packed` uses for the same idea.
+        shifted: deprecated spelling of ``label_shift`` (True = ``"collator"``).
     """
+    if shifted is not None:
+        import warnings
+
+        warnings.warn("packed_cross_entropy(shifted=...) is deprecated: pass label_shift='collator' (shifted=True) "
+                      "or label_shift='model' (shifted=False)", DeprecationWarning, stacklevel=2)
+        label_shift = "collator" if shifted else "model"
+    check_label_shift(label_shift)
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
     if logits.shape[:-1] != labels.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} disagree: "
                          f"logits must be labels' shape plus a vocabulary dimension")
     V = logits.shape[-1]
-    if not shifted:
+    if label_shift == "model":
         # Shift within each row; a row's first label is never predicted.
         targets = torch.full_like(labels, ignore_index)
         targets[..., :-1] = labels[..., 1:]

@@ -39,9 +39,9 @@ import torch
 
 from seqpack.attention import varlen_attention
 from seqpack.attention.base import AttentionContext
-from seqpack.batch import IGNORE_INDEX
 from seqpack.boundaries import DocBoundaries
 from seqpack.errors import InputError
+from seqpack.labels import IGNORE_INDEX, check_label_shift, to_next_token
 
 __all__ = ["init_mesh", "ContextParallel", "CPContext", "ContextShard", "ulysses_attention", "attention_for",
            "token_mean_loss", "all_reduce_grads"]
@@ -73,17 +73,6 @@ def _to_heads(x: torch.Tensor, cp: int) -> torch.Tensor:
     """``(T/cp, h, D) -> (cp, T/cp, h/cp, D)``: chunk j (heads j*h/cp ..) goes to rank j."""
     n, h, d = x.shape
     return x.reshape(n, cp, h // cp, d).transpose(0, 1)
-
-
-def _shift_to_next_token(labels: torch.Tensor) -> torch.Tensor:
-    """Labels aligned with inputs (Hugging Face) -> next-token targets over the flat buffer.
-
-    The collator puts -100 on each document's first token, so no target crosses a document.
-    """
-    flat = labels.reshape(-1)
-    out = torch.full_like(flat, IGNORE_INDEX)
-    out[:-1] = flat[1:]
-    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -172,14 +161,12 @@ class ContextParallel:
             pad: when the token count is not a multiple of cp, append a padding segment
                 (``pad_token_id``, label -100) to make it one; False raises `InputError`.
 
-        The returned labels are always next-token targets (``shifted=True`` for
+        The returned labels are always next-token targets (``label_shift="collator"`` for
         `seqpack.loss.packed_cross_entropy`).
         """
         cp = self.size
         if boundaries is None:
-            from seqpack.model.gpt import causal_rows
-
-            boundaries = causal_rows(tuple(input_ids.shape), input_ids.device)
+            boundaries = DocBoundaries.causal_rows(tuple(input_ids.shape), input_ids.device)
         if tuple(input_ids.shape) != tuple(boundaries.shape):
             raise ValueError(f"input_ids {tuple(input_ids.shape)} and boundaries {boundaries.shape} disagree")
         b = boundaries.flatten() if boundaries.layout == "rows" else boundaries
@@ -187,10 +174,8 @@ class ContextParallel:
             position_ids = b.position_ids()
         ids, pos = input_ids.reshape(-1), position_ids.reshape(-1)
         if labels is not None:
-            if label_shift == "model":
-                labels = _shift_to_next_token(labels)
-            elif label_shift != "collator":
-                raise ValueError(f"label_shift must be 'collator' or 'model'; got {label_shift!r}")
+            if check_label_shift(label_shift) == "model":
+                labels = to_next_token(labels)
             labels = labels.reshape(-1)
         T = ids.numel()
         extra = -T % cp

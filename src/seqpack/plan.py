@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from seqpack.errors import InputError
+from seqpack.labels import exclusive_cumsum
 
 __all__ = ["PackPlan", "plan_packing", "STRATEGIES", "OVERFLOWS"]
 
@@ -76,6 +77,43 @@ class PackPlan:
     # can refuse documents that are not the ones planned; None for hand-built plans
     doc_lengths: np.ndarray | None = None
 
+    @classmethod
+    def from_rows(cls, piece_lengths, pieces_per_row, capacity: int, *, doc=None, start=None,
+                  doc_lengths=None, strategy: str = "rows") -> PackPlan:
+        """The plan of rows that are already packed: row r holds the next ``pieces_per_row[r]``
+        pieces, in order, in rows of ``capacity`` tokens.
+
+        By default piece k is the whole of document k (a packed file, rows packed by hand).
+        ``doc`` and ``start`` say which document each piece comes from and where it starts
+        in it; ``doc_lengths`` (default: the piece lengths, when ``doc`` is not given) are
+        the lengths of those documents, so that `collate_packed` refuses other documents.
+        A row holding more than ``capacity`` tokens is an `InputError` naming it.
+        """
+        lens = np.asarray(piece_lengths, dtype=np.int64).reshape(-1)
+        counts = np.asarray(pieces_per_row, dtype=np.int64).reshape(-1)
+        offsets = exclusive_cumsum(counts)
+        if offsets[-1] != lens.size:
+            raise InputError(f"rows hold {int(offsets[-1]):,} pieces but {lens.size:,} piece lengths were given")
+        if lens.size and lens.min() < 0:
+            raise InputError(f"piece {int(np.argmin(lens)):,} has negative length {int(lens.min())}")
+        cum = exclusive_cumsum(lens)
+        used = cum[offsets[1:]] - cum[offsets[:-1]]
+        if used.size and used.max() > capacity:
+            r = int(used.argmax())
+            raise InputError(f"row {r:,} holds {int(used[r]):,} tokens but rows have {int(capacity):,}: "
+                             f"use a larger capacity or fewer pieces per row")
+        num = lens.size
+        if doc is None and start is None and doc_lengths is None:
+            doc_lengths = lens
+        doc = np.arange(num, dtype=np.int64) if doc is None else np.asarray(doc, dtype=np.int64).copy()
+        start = np.zeros(num, np.int64) if start is None else np.asarray(start, dtype=np.int64).copy()
+        if doc_lengths is not None:
+            doc_lengths = np.asarray(doc_lengths, dtype=np.int64)
+        num_docs = doc_lengths.size if doc_lengths is not None else (int(doc.max()) + 1 if num else 0)
+        bin_ = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+        return _make_plan(doc, start, start + lens, bin_, offsets, int(capacity), num_docs, strategy,
+                          int(lens.sum()), doc_lengths=doc_lengths)
+
     @property
     def num_pieces(self) -> int:
         return len(self.doc)
@@ -89,8 +127,7 @@ class PackPlan:
 
     def bin_lengths(self) -> np.ndarray:
         """Tokens in each bin, (num_bins,) int64."""
-        cum = np.zeros(self.num_pieces + 1, np.int64)
-        np.cumsum(self.stop - self.start, out=cum[1:])
+        cum = exclusive_cumsum(self.stop - self.start)
         return cum[self.bin_offsets[1:]] - cum[self.bin_offsets[:-1]]
 
     def docs_per_bin(self) -> np.ndarray:
@@ -114,8 +151,7 @@ class PackPlan:
             ids = np.where(ids < 0, ids + self.num_bins, ids)
         first = self.bin_offsets[ids]
         counts = self.bin_offsets[ids + 1] - first
-        offsets = np.zeros(len(ids) + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
+        offsets = exclusive_cumsum(counts)
         # piece index of output slot j: first piece of its bin + its rank inside the bin
         new_bin = np.repeat(np.arange(len(ids), dtype=np.int64), counts)
         take = first[new_bin] + (np.arange(offsets[-1], dtype=np.int64) - offsets[new_bin])
@@ -240,7 +276,9 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
             "drop"     leave it out; counts in `plan.dropped_docs` and `plan.dropped_tokens`.
         max_docs_per_bin: at most this many pieces per bin (a bin that reaches it is
             closed), e.g. to bound the number of documents a varlen kernel sees per row.
-            None: no limit. Must be >= 1.
+            None: no limit. Must be >= 1. It counts pieces of one bin; `collate_packed`'s
+            ``max_num_docs`` counts segments of a whole batch (pieces and padding runs) to
+            fix the size of ``cu_seqlens``.
         window: bfd/ffd only. Pack each block of `window` consecutive documents on its own;
             no bin mixes documents of two windows, and window w's bins all come before
             window w+1's. None: one global packing. Refused with nextfit/wrapped, which
@@ -309,7 +347,7 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         doc, start, stop, bin_ = (np.empty(max_pieces, np.int64) for _ in range(4))
         num_pieces, nbins = K.wrapped(wlen, capacity, max_docs_k, doc, start, stop, bin_)
         doc, start, stop, bin_ = (a[:num_pieces] for a in (doc, start, stop, bin_))
-        offsets = _offsets(np.bincount(bin_, minlength=nbins))
+        offsets = exclusive_cumsum(np.bincount(bin_, minlength=nbins))
         split_docs = int(np.count_nonzero(np.bincount(doc, minlength=n) > 1)) if n else 0
         return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed,
                           split_docs=split_docs, doc_lengths=lengths, **counters)
@@ -336,7 +374,7 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         bin_ = np.empty(num_pieces, np.int64)
         nbins = K.next_fit(stop - start, capacity, max_docs_k, bin_)
         # data order is already bin order
-        offsets = _offsets(np.bincount(bin_, minlength=nbins))
+        offsets = exclusive_cumsum(np.bincount(bin_, minlength=nbins))
         return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed,
                           doc_lengths=lengths, **counters)
 
@@ -351,8 +389,7 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         # piece index where each window starts: cumulative pieces per document
         per_doc = (lengths > 0).astype(np.int64)
         per_doc[long_docs] = pieces_of_long
-        cum = np.zeros(n + 1, np.int64)
-        np.cumsum(per_doc, out=cum[1:])
+        cum = exclusive_cumsum(per_doc)
         edges = np.minimum(np.arange(-(-n // window) + 1, dtype=np.int64) * window, n)
         window_bounds = cum[edges] if n else np.array([0, 0], np.int64)
         # stable regroup by window: order becomes (window, longest first)
@@ -382,7 +419,7 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
         relabel[new_order] = np.arange(nbins, dtype=np.int64)
     counts = np.empty(nbins, np.int64)
     counts[relabel] = ndocs[:nbins]
-    offsets = _offsets(counts)
+    offsets = exclusive_cumsum(counts)
     pos = offsets[:-1][relabel]  # first output slot of each bin, by packing-time bin id
     doc, stop = np.empty(num_pieces, np.int64), np.empty(num_pieces, np.int64)
     start = np.zeros(num_pieces, np.int64)  # the kernel writes only the non-zero starts
@@ -390,10 +427,3 @@ def plan_packing(lengths, capacity, *, strategy="bfd", overflow="error",
     bin_ = np.repeat(np.arange(nbins, dtype=np.int64), counts)
     return _make_plan(doc, start, stop, bin_, offsets, capacity, n, strategy, placed,
                       doc_lengths=lengths, **counters)
-
-
-def _offsets(counts: np.ndarray) -> np.ndarray:
-    """Counts per bin -> (num_bins+1,) int64 offsets starting at 0."""
-    offsets = np.zeros(len(counts) + 1, np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return offsets

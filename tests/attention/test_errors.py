@@ -117,3 +117,15 @@ def test_backends_absent_say_so():
         why = backend.supports(cuda_request())
         if why is not None:  # on a machine with these packages there is nothing to check
             assert "not installed" in why or "failed" in why
+
+
+@pytest.mark.parametrize("alias, name", [("fa4", "flash_attn.cute"), ("fa3", "flash_attn_interface"),
+                                         ("fa2", "flash_attn")])
+def test_flash_aliases_name_the_flash_backends(alias, name):
+    from seqpack.attention.api import BACKEND_ALIASES, BACKENDS, _named
+
+    assert BACKEND_ALIASES[alias] == name
+    req = cuda_request(device_type="cpu", capability=None)
+    with pytest.raises(BackendUnavailable, match=f"attention backend '{alias}' cannot run this call"):
+        _named(alias, req)  # the backend is known (on CPU it cannot run), not an unknown name
+    assert BACKENDS[name].supports(req) is not None

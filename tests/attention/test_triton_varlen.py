@@ -17,7 +17,7 @@ import torch
 
 from seqpack.attention.api import _request
 from seqpack.attention.base import AttentionContext
-from seqpack.attention.triton_varlen import TritonVarlen
+from seqpack.bench.triton_varlen import TritonVarlen
 from seqpack.boundaries import DocBoundaries
 
 PRELUDE = r'''
@@ -39,7 +39,7 @@ sys.path.insert(0, sys.argv[1])
 CHECK = PRELUDE + r'''
 from attn_ref import grads, make_qkv, reference, rel_err
 from seqpack.attention.base import left_right_reach
-from seqpack.attention.triton_varlen import varlen_bwd, varlen_fwd
+from seqpack.bench.triton_varlen import varlen_bwd, varlen_fwd
 from seqpack.boundaries import DocBoundaries
 
 cases = [  # causal, window, lengths, tokens, heads, kv heads, dtype, fwd tiles, (dkdv, dq) tiles

@@ -315,7 +315,7 @@ def _run_family(family, impls, entries) -> FamilyResult:
         res.built = f"{type(exc).__name__}: {_first_sentence(str(exc))}"
         return res
     vocab = model.config.get_text_config().vocab_size
-    docs, batch = make_rows(LENGTHS, ROWS, min(vocab, 1000), row_len=ROW_LEN, seed=0)
+    docs, batch = make_rows(LENGTHS, ROWS, min(vocab, 1000), capacity=ROW_LEN, seed=0)
     with torch.no_grad():
         try:
             refs = [_logits(model(input_ids=d[None], use_cache=False))[0] for d in docs]

@@ -30,4 +30,4 @@ def tiny(family="llama", impl="eager", *, packing=True, grad=True):
 def packed(layout="bsz3_padded", vocab=128, seed=0):
     """(docs, PackedBatch) of LENGTHS arranged as LAYOUTS[layout]."""
     rows, row_len = LAYOUTS[layout]
-    return make_rows(LENGTHS, rows, vocab, row_len=row_len, seed=seed)
+    return make_rows(LENGTHS, rows, vocab, capacity=row_len, seed=seed)

@@ -34,7 +34,7 @@ def model_of(family, impl, *, packing=True):
 
 def batch_for(model):
     vocab = model.config.get_text_config().vocab_size
-    return make_rows(LENGTHS, ROWS, vocab, row_len=max(sum(LENGTHS[d] for d in r) for r in ROWS) + 2)
+    return make_rows(LENGTHS, ROWS, vocab, capacity=max(sum(LENGTHS[d] for d in r) for r in ROWS) + 2)
 
 
 def assert_exact(family, impl, forms=("int_mask", "collator", "position_ids")):

@@ -123,9 +123,11 @@ def test_packed_batch_with_collator_label_shift_is_refused(model):
 
 
 def _one_bin(batch):
-    from seqpack.integrations.hf_collator import _Bins, _offsets
+    from seqpack.plan import PackPlan
+
     n = len(batch.doc_index)
-    return _Bins(batch.doc_index, batch.doc_start, batch.doc_stop, _offsets([n]), 1, batch.boundaries.shape[1])
+    return PackPlan.from_rows(batch.doc_stop - batch.doc_start, [n], batch.boundaries.shape[1],
+                              doc=batch.doc_index, start=batch.doc_start)
 
 
 def test_seqpack_attention_refuses_dropout(batch):

@@ -80,7 +80,7 @@ def test_documents_longer_than_a_chunk():
     """Documents over the scan's 64-token chunk, boundaries inside and at chunk edges."""
     from seqpack.integrations.hf_verify import make_rows
     model = build("qwen3_5_text")
-    docs, batch = make_rows((64, 70, 30, 100), ((0, 1), (2, 3)), 128, row_len=140)
+    docs, batch = make_rows((64, 70, 30, 100), ((0, 1), (2, 3)), 128, capacity=140)
     r = compare_packed(model, docs, batch, form="collator")
     assert r["logits"] <= 1e-4 and r["grads"] <= 1e-4, r
 

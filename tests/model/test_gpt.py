@@ -8,7 +8,8 @@ from seqpack.batch import Documents, collate_packed
 from seqpack.boundaries import DocBoundaries
 from seqpack.loss import packed_cross_entropy
 from seqpack.model import GPT, gpt_config
-from seqpack.model.gpt import apply_rotary, causal_rows, norm, prepare_context, rope_angles, rope_norm
+from seqpack.boundaries import DocBoundaries
+from seqpack.model.gpt import apply_rotary, norm, prepare_context, rope_angles, rope_norm
 from seqpack.model.head import linear_cross_entropy
 from seqpack.plan import plan_packing
 
@@ -103,10 +104,10 @@ def test_documents_are_isolated_and_naive_rows_are_not():
 
 
 def test_causal_rows_is_one_segment_per_row():
-    b = causal_rows((3, 8))
+    b = DocBoundaries.causal_rows((3, 8))
     assert b.cu_seqlens.tolist() == [0, 8, 16, 24] and b.max_seqlen == 8
     assert b.position_ids().tolist() == [list(range(8))] * 3
-    assert causal_rows((5,)).cu_seqlens.tolist() == [0, 5]
+    assert DocBoundaries.causal_rows((5,)).cu_seqlens.tolist() == [0, 5]
 
 
 def test_config_presets_and_checks():
@@ -138,7 +139,7 @@ def test_fused_head_matches_plain_cross_entropy(autocast):
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        ref, n_ref = packed_cross_entropy(h @ w.t(), t, reduction="sum", shifted=True)
+        ref, n_ref = packed_cross_entropy(h @ w.t(), t, reduction="sum", label_shift="collator")
     (2 * ref).backward()
     tol = 2e-2 if autocast else 1e-5
     assert int(n) == int(n_ref) == 37

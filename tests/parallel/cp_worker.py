@@ -94,7 +94,7 @@ def hf_case(cp: ContextParallel, family: str, **overrides) -> dict:
                                              dtype=torch.float32)
     randomize(model)
     # 3 rows of 18 (54 tokens, padded to 56 for cp = 4); documents span the pieces
-    _, batch = make_rows((5, 11, 3, 8, 6, 9, 4), ((0, 1), (2, 3, 4), (5, 6)), 128, row_len=18)
+    _, batch = make_rows((5, 11, 3, 8, 6, 9, 4), ((0, 1), (2, 3, 4), (5, 6)), 128, capacity=18)
     inputs = packed_model_inputs(batch)  # what DataCollatorForPacking returns
     labels = inputs.pop("labels")
     ref_logits = model(**inputs).logits.detach()
@@ -108,7 +108,7 @@ def hf_case(cp: ContextParallel, family: str, **overrides) -> dict:
     T = labels.numel()
     logits = gather(model(**kwargs).logits[0].detach(), cp.group)[:T]
     model.zero_grad()
-    loss_sum, n = packed_cross_entropy(model(**kwargs).logits, shard_labels, reduction="sum", shifted=True)
+    loss_sum, n = packed_cross_entropy(model(**kwargs).logits, shard_labels, reduction="sum", label_shift="collator")
     part = token_mean_loss(loss_sum, n)
     part.backward()
     all_reduce_grads(model)

@@ -53,7 +53,7 @@ def test_model_labels_are_shifted_over_the_whole_buffer():
     plan = plan_packing([5, 3, 3], 3, overflow="split")
     batch = collate_packed(plan, docs, layout="rows", label_shift="model")  # rows of 3: the 5-token doc is split
     want = torch.full_like(batch.labels, -100)
-    want[:, :-1] = batch.labels[:, 1:]  # packed_cross_entropy(shifted=False) on the rows
+    want[:, :-1] = batch.labels[:, 1:]  # packed_cross_entropy(label_shift="model") on the rows
     for cp in (2, 4):
         got = torch.cat([fake_cp(cp, r).shard_batch(batch).labels for r in range(cp)])
         assert torch.equal(got[:want.numel()], want.reshape(-1)) and (got[want.numel():] == -100).all()

@@ -15,7 +15,7 @@ import torch
 from seqpack.data.corpus import load_chitchat
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
-from seqpack.train import bench as B
+from seqpack.bench import train as B
 from seqpack.train.config import TrainConfig, compile_kwargs, parse_inductor_options
 from seqpack.train.data import PackedLoader, compact_vocab
 from seqpack.train.trainer import Trainer
@@ -140,7 +140,7 @@ def test_time_config_times_every_step(docs):
 
 
 def test_sweep_variants_and_cpu_smoke(tmp_path):
-    from seqpack.train import sweep
+    from seqpack.bench import sweep
 
     v = sweep.parse_variant("model+rope+cd+bf16res+lc4096")
     assert v["compile"] == "model" and v["inductor"] == "coordinate_descent_tuning=1" and not v["keeps_math"]

@@ -97,7 +97,7 @@ def test_seqpack_pack_output_trains_row_for_row(tmp_path):
     from seqpack import cli
     from seqpack.batch import collate_packed
     from seqpack.data.pack import read_packed
-    from seqpack.train.trainer import load_documents
+    from seqpack.data.load import load_documents
 
     out = tmp_path / "packed.parquet"
     assert cli.main(["pack", "chitchat", "-o", str(out), "--capacity", "256", "--overflow", "split",

@@ -10,9 +10,9 @@ Modules: ``api`` (the entry point, `prepare`), ``base`` (the backend contract),
 support matrix.
 """
 
-from seqpack.attention.api import BACKENDS, backend_support, choose_backend, prepare, register_backend, varlen_attention
+from seqpack.attention.api import BACKEND_ALIASES, BACKENDS, backend_support, choose_backend, prepare, register_backend, varlen_attention
 from seqpack.attention.base import AttentionContext, AttentionRequest, Backend, BackendUnavailable
 from seqpack.attention.blockmask import build_block_mask
 
-__all__ = ["varlen_attention", "prepare", "AttentionContext", "BACKENDS", "Backend", "AttentionRequest",
+__all__ = ["varlen_attention", "prepare", "AttentionContext", "BACKENDS", "BACKEND_ALIASES", "Backend", "AttentionRequest",
            "BackendUnavailable", "backend_support", "choose_backend", "register_backend", "build_block_mask"]

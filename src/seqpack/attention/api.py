@@ -22,11 +22,14 @@ from seqpack.attention.flex import Flex
 from seqpack.attention.sdpa import SdpaDense, SdpaNJT
 from seqpack.attention.select import capability, rank_backends
 from seqpack.attention.torch_varlen import TorchVarlen
-from seqpack.boundaries import DocBoundaries, _check_cu_seqlens
+from seqpack.boundaries import DocBoundaries, check_cu_seqlens
 
-__all__ = ["varlen_attention", "prepare", "BACKENDS", "register_backend", "backend_support", "choose_backend"]
+__all__ = ["varlen_attention", "prepare", "BACKENDS", "BACKEND_ALIASES", "register_backend", "backend_support",
+           "choose_backend"]
 
 BACKENDS: dict[str, Backend] = {}
+# the short names users know, for the FlashAttention backends named after their packages
+BACKEND_ALIASES = {"fa2": "flash_attn", "fa3": "flash_attn_interface", "fa4": "flash_attn.cute"}
 
 
 def register_backend(backend: Backend) -> None:
@@ -111,9 +114,10 @@ def _select(req: AttentionRequest, ctx: AttentionContext, device: torch.device) 
 
 
 def _named(name: str, req: AttentionRequest) -> Backend:
-    be = BACKENDS.get(name)
+    be = BACKENDS.get(BACKEND_ALIASES.get(name, name))
     if be is None:
-        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)} or 'auto'")
+        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(BACKENDS)}, "
+                         f"{', '.join(BACKEND_ALIASES)} or 'auto'")
     why = be.supports(req)
     if why is not None:
         others = [n for n, w in _support(req).items() if w is None]
@@ -142,8 +146,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, boundari
             ``window_size=(window - 1, 0)``); with ``causal=False`` keys with |p - k| < window.
         scale: softmax scale, default ``1 / sqrt(D)``.
         backend: ``"auto"`` (the fastest backend that can run this call exactly, by the
-            calibration table) or a name from ``BACKENDS``: ``flash_attn`` (FA2),
-            ``flash_attn_interface`` (FA3), ``flash_attn.cute`` (FA4), ``torch_varlen``,
+            calibration table) or a name from ``BACKENDS``: ``flash_attn`` (FA2, alias
+            ``fa2``), ``flash_attn_interface`` (FA3, ``fa3``), ``flash_attn.cute`` (FA4, ``fa4``), ``torch_varlen``,
             ``flex``, ``sdpa_dense``, ``sdpa_njt``, ``eager``.
 
     Padding segments of the boundaries are segments like any other: their tokens attend
@@ -170,7 +174,7 @@ def choose_backend(q, k, v, boundaries, *, causal: bool = True, window: int | No
 
 def _check_data(b: DocBoundaries) -> None:
     """The data checks of DocBoundaries' constructor, for boundaries built with validate=False."""
-    _check_cu_seqlens(b.cu_seqlens, b.shape)
+    check_cu_seqlens(b.cu_seqlens, b.shape)
     seqlens = b.seqlens
     if seqlens.numel():
         longest = int(seqlens.max())

@@ -52,10 +52,6 @@ def constant_result(fn):
     return fn
 
 
-def is_compiling() -> bool:
-    return torch.compiler.is_compiling()
-
-
 def left_right_reach(causal: bool, window: int | None, max_seqlen: int) -> tuple[int, int]:
     """How far (in tokens) a query may look left and right inside its document."""
     reach = max(max_seqlen - 1, 0)
@@ -74,18 +70,6 @@ def flash_window(causal: bool, window: int | None) -> tuple[int, int]:
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     """GQA by copying: ``[..., Hkv, D] -> [..., Hkv * groups, D]`` (head h reads kv head h // groups)."""
     return x if groups == 1 else x.repeat_interleave(groups, dim=-2)
-
-
-def segment_ids(b: DocBoundaries) -> torch.Tensor:
-    """int64 ``[numel]``: the segment of every token of the flattened buffer.
-
-    Searches the whole ``cu_seqlens`` (then subtracts one), not ``cu_seqlens[1:]`` as
-    ``DocBoundaries.doc_ids`` does: inductor in torch 2.11 fails to lower ``searchsorted``
-    over a sliced sequence (``NotImplementedError: SliceView``, seen on the H100), and this
-    runs inside compiled models.
-    """
-    pos = torch.arange(b.numel, device=b.device, dtype=b.cu_seqlens.dtype)
-    return torch.searchsorted(b.cu_seqlens, pos, right=True) - 1
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:

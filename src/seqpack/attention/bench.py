@@ -1,7 +1,7 @@
 """``seqpack bench attention``: time every available backend, write the calibration table.
 
 Notable:
-- Batches are drawn the way REFERENCE.md section 3 drew them: document lengths
+- Batches are drawn like real fine-tuning data (docs/bench/attention.md): document lengths
   log-normal around a median (sigma 0.8), clipped to the row length, placed first-fit
   into rows of ``row_len`` tokens; the 1D layout holds the same documents back to back
   with the padding at the end. The calibration grid is a list of medians.
@@ -34,7 +34,7 @@ from seqpack.boundaries import DocBoundaries
 __all__ = ["sample_rows", "make_boundaries", "useful_pairs", "time_ms", "time_backend", "check_backend", "calibrate",
            "add_arguments", "run"]
 
-# REFERENCE.md section 3: SFT-like median ~400, short ~150, long ~1500, log-normal.
+# document length medians: SFT-like ~400, short ~150, long ~1500 (log-normal)
 DISTRIBUTIONS = {"short": 150, "sft": 400, "long": 1500}
 SIGMA = 0.8
 

@@ -55,8 +55,7 @@ class Flex(Backend):
     name = "flex"
 
     # The compile a call outside torch.compile starts (once per new shape), in seconds, for
-    # auto's payback rule (`select.PAYBACK_CALLS`): CPU 13.5-14.4 s cold on a 2-core VM
-    # (4.6-9.4 s with inductor's cache warm, 28 s in a busy test run); H100 7-10 s.
+    # auto's payback rule (`select.PAYBACK_CALLS`): cold-cache figures of docs/bench/attention.md.
     COMPILE_S = {"cpu": 15.0, "cuda": 8.0}
 
     def self_compile_s(self, req):

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from seqpack.attention.base import (AttentionContext, AttentionRequest, Backend, flat, left_right_reach, repeat_kv,
-                                    segment_ids)
+from seqpack.attention.base import AttentionContext, AttentionRequest, Backend, flat, left_right_reach, repeat_kv
 
 __all__ = ["SdpaDense", "SdpaNJT", "ChunkPlan", "chunk_plan", "chunked"]
 
@@ -88,7 +87,7 @@ def chunked(q, k, v, ctx: AttentionContext, req: AttentionRequest):
     """
     b = ctx.boundaries
     plan = chunk_plan(req)
-    docs = segment_ids(b)
+    docs = b.doc_ids().reshape(-1)  # the segment of every token of the flattened buffer
     if plan.kind == "rows":
         rows = lambda x: x.reshape(req.batch, req.seqlen, *x.shape[-2:]).transpose(1, 2)  # noqa: E731
         ids = docs.view(req.batch, req.seqlen)

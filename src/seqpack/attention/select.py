@@ -42,8 +42,8 @@ from seqpack.attention.base import constant_result as _constant_result
 __all__ = ["FALLBACK_ORDER", "PAYBACK_CALLS", "cache_dir", "table_path", "device_name", "device_key", "rank_backends",
            "load_tables", "register_table", "table_for"]
 
-# Without a measurement: FlashAttention first (fastest on every distribution in REFERENCE.md
-# section 3), then flex (fastest of the PyTorch-only paths on 2 of 3 distributions), then
+# Without a measurement: FlashAttention first (fastest on every length distribution
+# measured, docs/bench/attention.md), then flex (fastest of the PyTorch-only paths on 2 of 3 distributions), then
 # varlen_attn; our Triton kernel (opt-in) only where a table measured it; the dense and
 # nested paths were 3-5x slower; eager last.
 FALLBACK_ORDER = ("flash_attn.cute", "flash_attn_interface", "flash_attn", "flex", "torch_varlen",
@@ -53,9 +53,8 @@ SCHEMA = 1
 
 # Devices where auto weighs a backend's one-off compile (flex outside torch.compile compiles
 # itself per new shape) against the time it saves: it must pay for itself within this many
-# calls of the call's size. CPU only: there the compile takes 5-30 s (13.5-14.4 s cold on a
-# 2-core VM, 28 s in a busy test run) and CPU work is typically short (tests, demos,
-# evaluation), while a CUDA run that uses flex trains for minutes to days on one shape.
+# calls of the call's size. CPU only: there the compile takes seconds to tens of seconds
+# (docs/bench/attention.md) and CPU work is typically short (tests, demos, evaluation), while a CUDA run that uses flex trains for minutes to days on one shape.
 PAYBACK_CALLS = {"cpu": 100}
 
 

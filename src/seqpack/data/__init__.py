@@ -4,6 +4,7 @@
                  HF datasets, iterables), errors naming file and row
     tokenize.py  tokenizers from a local path; chats -> tokens, prompt-masked labels, turns
     pack.py      `seqpack pack`: global plan over the lengths, bounded memory, Parquet rows
+    load.py      a training corpus from a data spec; a packed file back as documents + rows
     online.py    PackedIterableDataset: buffered best fit, exact resume, balanced ranks
     corpus.py    the bundled chitchat corpus and GPT-2 BPE; chitchat_batches()
 
@@ -18,6 +19,8 @@ _LAZY = {
     "load_tokenizer": "seqpack.data.tokenize",
     "pack_to_parquet": "seqpack.data.pack",
     "read_packed": "seqpack.data.pack",
+    "load_documents": "seqpack.data.load",
+    "load_packed": "seqpack.data.load",
     "PackedIterableDataset": "seqpack.data.online",
     "LoaderState": "seqpack.data.online",
     "load_chitchat": "seqpack.data.corpus",

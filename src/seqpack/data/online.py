@@ -38,9 +38,10 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import torch
 
-from seqpack.batch import IGNORE_INDEX, Documents, PackedBatch
-from seqpack.boundaries import DocBoundaries
+from seqpack.batch import Documents, PackedBatch, collate_packed
 from seqpack.errors import InputError
+from seqpack.labels import IGNORE_INDEX, check_label_shift, exclusive_cumsum, piece_labels
+from seqpack.plan import PackPlan
 
 __all__ = ["PackedIterableDataset", "StreamBatch", "LoaderState", "rank_and_world_size"]
 
@@ -245,8 +246,7 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
         super().__init__()
         if layout not in ("rows", "1d"):
             raise InputError(f"layout must be 'rows' or '1d'; got {layout!r}")
-        if label_shift not in ("model", "collator"):
-            raise InputError(f"label_shift must be 'model' or 'collator'; got {label_shift!r}")
+        check_label_shift(label_shift)
         if overflow not in ("split", "truncate", "drop", "error"):
             raise InputError(f"overflow must be 'split', 'truncate', 'drop' or 'error'; got {overflow!r}")
         self.capacity = _positive_int(capacity, "capacity")
@@ -279,9 +279,9 @@ class PackedIterableDataset(torch.utils.data.IterableDataset):
         if isinstance(source, Documents):
             self._docs, self._source = source, None
         elif _token_lists(source):
-            from seqpack.data.sources import _as_token_array
+            from seqpack.data.sources import as_token_array
 
-            arrays = [_as_token_array(x, f"document {i}") for i, x in enumerate(source)]
+            arrays = [as_token_array(x, f"document {i}") for i, x in enumerate(source)]
             self._docs, self._source = Documents.from_lists(arrays, dtype=np.int64), None
         else:
             from seqpack.data.sources import open_source
@@ -495,59 +495,32 @@ class _Iterator:
         return mine
 
     def _collate(self, placed, step) -> StreamBatch:
+        """This rank's pieces as a batch through `collate_packed`: the pieces become the
+        documents of a plan from rows, with their labels made final here (a split piece's
+        last target is the next token of its document, which only the piece knows)."""
         ds = self.ds
-        B, C = ds.batch_size, ds.capacity
         placed.sort(key=lambda rp: rp[0])  # by row, placement order kept inside a row (stable)
-        n = B * C
-        input_ids = np.full(n, ds.pad_token_id, np.int64)
-        labels = np.full(n, IGNORE_INDEX, np.int64)
-        counts = np.zeros(B, np.int64)
-        lens = np.empty(len(placed), np.int64)
-        doc_index = np.empty(len(placed), np.int64)
-        doc_start = np.empty(len(placed), np.int64)
-        used = [0] * B
-        pos = 0
-        collator = ds.label_shift == "collator"
-        for k, (row, p) in enumerate(placed):
-            L = p.stop - p.start
-            dest = row * C + used[row] if ds.layout == "rows" else pos
-            used[row] += L
-            pos += L
-            input_ids[dest:dest + L] = p.tokens
-            src = p.tokens if p.labels is None else p.labels
-            if collator:
-                labels[dest:dest + L - 1] = src[1:]
-                labels[dest + L - 1] = p.next_label
-            else:
-                labels[dest + 1:dest + L] = src[1:]  # the first token of a piece gets no loss
-            counts[row] += 1
-            lens[k], doc_index[k], doc_start[k] = L, p.doc, p.start
-        if ds.layout == "rows":
-            bounds = DocBoundaries.from_row_arrays(lens, counts, C, max_seqlen=ds.max_seqlen)
-            shape = (B, C)
+        pieces = [p for _, p in placed]
+        counts = np.bincount(np.fromiter((r for r, _ in placed), np.int64, len(placed)), minlength=ds.batch_size)
+        lens = np.fromiter((p.stop - p.start for p in pieces), np.int64, len(pieces))
+        doc_index = np.fromiter((p.doc for p in pieces), np.int64, len(pieces))
+        doc_start = np.fromiter((p.start for p in pieces), np.int64, len(pieces))
+        offsets = exclusive_cumsum(lens)
+        if pieces:
+            tokens = np.concatenate([p.tokens for p in pieces]).astype(np.int64, copy=False)
+            src = np.concatenate([p.tokens if p.labels is None else p.labels for p in pieces]).astype(np.int64,
+                                                                                                   copy=False)
         else:
-            bounds = DocBoundaries.from_lengths(lens, n, max_seqlen=ds.max_seqlen)
-            shape = (n,)
-        if ds.max_num_docs is not None:
-            bounds = bounds.static(ds.max_num_docs, ds.max_seqlen)
-        return StreamBatch(
-            input_ids=torch.from_numpy(input_ids.reshape(shape)),
-            labels=torch.from_numpy(labels.reshape(shape)),
-            position_ids=_position_ids(bounds, shape),
-            boundaries=bounds,
-            label_shift=ds.label_shift,
-            doc_index=doc_index, doc_start=doc_start, doc_stop=doc_start + lens,
-            step=step, rank=ds.rank, worker=self.worker,
-        )
-
-
-def _position_ids(bounds: DocBoundaries, shape) -> torch.Tensor:
-    """``bounds.position_ids()`` computed in numpy: same values, no torch intra-op threads
-    (which cost 40x more than the work on a busy 2-core machine)."""
-    cu = bounds.cu_seqlens.numpy().astype(np.int64)
-    n = int(cu[-1])
-    pos = np.arange(n, dtype=np.int64) - np.repeat(cu[:-1], np.diff(cu))
-    return torch.from_numpy(pos.reshape(shape))
+            tokens = src = np.zeros(0, np.int64)
+        labels = piece_labels(src, offsets[:-1], lens, ds.label_shift, copy=False)
+        if ds.label_shift == "collator" and lens.size:
+            labels[offsets[1:] - 1] = np.fromiter((p.next_label for p in pieces), np.int64, len(pieces))
+        plan = PackPlan.from_rows(lens, counts, ds.capacity)
+        batch = collate_packed(plan, Documents(tokens, offsets, labels), layout=ds.layout,
+                               label_shift=ds.label_shift, pad_token_id=ds.pad_token_id,
+                               max_num_docs=ds.max_num_docs, max_seqlen=ds.max_seqlen, shift_labels=False)
+        batch.doc_index, batch.doc_start, batch.doc_stop = doc_index, doc_start, doc_start + lens
+        return StreamBatch(**_fields_of(batch), step=step, rank=ds.rank, worker=self.worker)
 
 
 def state_to_json(state: dict) -> str:

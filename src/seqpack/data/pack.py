@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from seqpack.errors import InputError
+from seqpack.labels import check_label_shift, exclusive_cumsum, piece_labels
 
 __all__ = ["pack_to_parquet", "PackSummary", "read_packed", "packed_metadata", "packed_files"]
 
-IGNORE_INDEX = -100  # as seqpack.batch.IGNORE_INDEX; not imported, which would import torch
 FORMAT_VERSION = 1
 GROUP_TOKENS = 1 << 23  # tokens per scatter group: bounds the write phase's memory
 ROW_GROUP_TOKENS = 1 << 20  # Parquet row groups of about 1M tokens
@@ -343,7 +343,7 @@ class _Spill:
         """DocChunks of whole documents, about ``tokens_per_chunk`` tokens each."""
         from seqpack.data.sources import DocChunk
 
-        offsets = _excl_cumsum(lengths)
+        offsets = exclusive_cumsum(lengths)
         # chunk boundaries: the first document starting at or after every multiple of the size
         bounds = np.unique(np.concatenate([
             np.searchsorted(offsets[:-1], np.arange(0, int(offsets[-1]) + 1, tokens_per_chunk)),
@@ -377,7 +377,7 @@ def _units(lengths: np.ndarray, cut_docs: list, cut_starts: list):
     pieces = np.ones(lengths.size, np.int64)
     pieces[cut_docs] = [s.size for s in cut_starts]
     unit_doc = np.repeat(np.arange(lengths.size, dtype=np.int64), pieces)
-    first = np.cumsum(pieces) - pieces
+    first = exclusive_cumsum(pieces)[:-1]
     unit_start = np.zeros(unit_doc.size, np.int64)
     for d, s in zip(cut_docs.tolist(), cut_starts):
         unit_start[first[d]:first[d] + s.size] = s
@@ -386,12 +386,6 @@ def _units(lengths: np.ndarray, cut_docs: list, cut_starts: list):
     last[np.cumsum(pieces) - 1] = True
     ends[last] = lengths[unit_doc[last]]
     return ends - unit_start, unit_doc, unit_start
-
-
-def _excl_cumsum(x: np.ndarray) -> np.ndarray:
-    out = np.zeros(x.size + 1, np.int64)
-    np.cumsum(x, out=out[1:])
-    return out
 
 
 def pack_to_parquet(inputs, output, *, capacity: int, strategy: str = "bfd", overflow: str = "error",
@@ -432,8 +426,7 @@ def pack_to_parquet(inputs, output, *, capacity: int, strategy: str = "bfd", ove
     from seqpack.data.sources import open_source
     from seqpack.plan import plan_packing
 
-    if label_shift not in ("model", "collator"):
-        raise InputError(f"label_shift must be 'model' or 'collator'; got {label_shift!r}")
+    check_label_shift(label_shift)
     compression = _check_compression(compression)
     source = open_source(inputs, column=column, tokenizer=tokenizer, mask_prompt=mask_prompt)
     out = Path(output).expanduser().resolve()
@@ -532,7 +525,7 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
     # token positions, and every array dropped as soon as it is used.
     small = np.int32 if max(summary.documents, int(p_stop.max()) if p_stop.size else 0) < 2**31 else np.int64
     len_b = (p_stop - p_start).astype(small)
-    gpos = _excl_cumsum(len_b)  # (P+1,) output offset of every piece
+    gpos = exclusive_cumsum(len_b)  # (P+1,) output offset of every piece
     bin_tok = gpos[bin_offsets]  # (nbins+1,) output offset of every row
     rows_per_group = max(1, group_tokens // capacity)
     rows_per_rg = min(max(1, ROW_GROUP_TOKENS // capacity), rows_per_group)
@@ -550,7 +543,7 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
     perm = np.argsort(g_d, kind="stable")
     del g_d
     bpos_d = np.empty(len_d.size, np.int64)
-    bpos_d[perm] = _excl_cumsum(len_d[perm])[:-1]
+    bpos_d[perm] = exclusive_cumsum(len_d[perm])[:-1]
     del perm
     bpos_b = np.empty_like(bpos_d)
     bpos_b[order_d] = bpos_d
@@ -581,7 +574,7 @@ def _run(source, out, work, summary, plan_packing, *, capacity, strategy, overfl
                 # runs of pieces that land back to back become one write
                 breaks = np.flatnonzero(dest[1:] != dest[:-1] + lens[:-1]) + 1
                 run_first = np.concatenate([[0], breaks])
-                run_tok = _excl_cumsum(lens)
+                run_tok = exclusive_cumsum(lens)
                 arrays = [chunk.tokens.astype(tok_dtype, copy=False)]
                 if has_labels:
                     lab = chunk.labels if chunk.labels is not None else chunk.tokens
@@ -694,14 +687,7 @@ def _write_rows(targets, tok_path, lab_path, tok_dtype, lab_dtype, bin_offsets, 
         else:
             src = tokens
         del region
-        piece_first = gpos[q0:q1] - t0
-        if label_shift == "model":
-            labels = src.copy() if src is tokens else src
-            labels[piece_first] = IGNORE_INDEX
-        else:
-            labels = np.empty_like(src)
-            labels[:-1] = src[1:]
-            labels[piece_first + lens - 1] = IGNORE_INDEX
+        labels = piece_labels(src, gpos[q0:q1] - t0, lens, label_shift, copy=src is tokens)
         row_tok = pa.array((bin_tok[b0:b1 + 1] - t0).astype(np.int32))
         row_piece = pa.array((bin_offsets[b0:b1 + 1] - q0).astype(np.int32))
         return b1 - b0, pa.Table.from_arrays([
@@ -783,43 +769,27 @@ def read_packed(path, batch_size: int = 8, *, layout: str = "rows", max_num_docs
     tokens with ``max_seqlen = capacity``. ``max_num_docs`` pads ``cu_seqlens`` to a fixed
     size. Labels are used as stored (see the file's ``label_shift``).
     """
-    import torch
-
-    from seqpack.batch import PackedBatch
-    from seqpack.boundaries import DocBoundaries
+    from seqpack.batch import Documents, collate_packed
+    from seqpack.plan import PackPlan
 
     meta = packed_metadata(path)
     cap = int(meta["capacity"])
+    if layout not in ("rows", "1d"):
+        raise ValueError(f"layout must be 'rows' or '1d'; got {layout!r}")
     for rb in _record_batches(path, batch_size):
-        B = rb.num_rows
-        if drop_last and B < batch_size:
+        if drop_last and rb.num_rows < batch_size:
             return
-        ids_col, lab_col, len_col = rb.column(0), rb.column(1), rb.column(2)
-        toks, row_off = _flat_list(ids_col)
-        labs, _ = _flat_list(lab_col)
-        lens, doc_off = _flat_list(len_col)
+        toks, _ = _flat_list(rb.column(0))
+        labs, _ = _flat_list(rb.column(1))
+        lens, doc_off = _flat_list(rb.column(2))
         lens = lens.astype(np.int64)
-        counts = np.diff(doc_off)
-        used = np.diff(row_off)
-        n = B * cap
-        input_ids = np.full(n, pad_token_id, np.int64)
-        labels = np.full(n, IGNORE_INDEX, np.int64)
-        if layout == "rows":
-            dest = np.repeat(np.arange(B, dtype=np.int64) * cap - row_off[:-1], used) + np.arange(toks.size)
-            bounds = DocBoundaries.from_row_arrays(lens, counts, cap, max_seqlen=cap)
-            shape = (B, cap)
-        elif layout == "1d":
-            dest = np.arange(toks.size)
-            bounds = DocBoundaries.from_lengths(lens, n, max_seqlen=cap)
-            shape = (n,)
-        else:
-            raise ValueError(f"layout must be 'rows' or '1d'; got {layout!r}")
-        input_ids[dest] = toks
-        labels[dest] = labs
-        if max_num_docs is not None:
-            bounds = bounds.static(max_num_docs, cap)
-        yield PackedBatch(torch.from_numpy(input_ids.reshape(shape)), torch.from_numpy(labels.reshape(shape)),
-                          bounds.position_ids(), bounds, label_shift=meta.get("label_shift", "model"))
+        # piece k of the batch is document k; its stored labels are final (shift_labels=False)
+        plan = PackPlan.from_rows(lens, np.diff(doc_off), cap)
+        batch = collate_packed(plan, Documents(toks, exclusive_cumsum(lens), labs), layout=layout,
+                               label_shift=meta.get("label_shift", "model"), pad_token_id=pad_token_id,
+                               max_num_docs=max_num_docs, shift_labels=False)
+        batch.doc_index = batch.doc_start = batch.doc_stop = None  # pieces of the file, not documents
+        yield batch
 
 
 def _record_batches(path, batch_size):

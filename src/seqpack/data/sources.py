@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from seqpack.errors import InputError
+from seqpack.labels import exclusive_cumsum, segment_of
 
 
 __all__ = ["DocChunk", "Source", "ParquetSource", "JsonlSource", "HFSource", "IterableSource",
@@ -89,8 +90,7 @@ class DocChunk:
 
 def _flat(arrays: list[np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((a.size for a in arrays), np.int64, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    offsets = exclusive_cumsum(lengths)
     flat = np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
     return flat, offsets
 
@@ -110,7 +110,7 @@ def _bad_element(x, name: str) -> str:
     return ""
 
 
-def _as_token_array(x, where: str, name: str = "input_ids") -> np.ndarray:
+def as_token_array(x, where: str, name: str = "input_ids") -> np.ndarray:
     if x is None:
         raise InputError(f"{where}: {name} is null; expected a list of integer token ids")
     if isinstance(x, (str, bytes)):
@@ -147,7 +147,7 @@ def _check_ids(tokens: np.ndarray, offsets: np.ndarray, where, name: str = "inpu
     if tokens.dtype == np.uint64:
         if tokens.max() > INT64_MAX:
             pos = int(np.flatnonzero(tokens > INT64_MAX)[0])
-            row = int(np.searchsorted(offsets, pos, side="right") - 1)
+            row = int(segment_of(offsets, pos))
             raise InputError(f"{where(row)}: {name}[{pos - int(offsets[row])}] = {int(tokens[pos])} does "
                              f"not fit a signed 64-bit integer; token ids must be below 2**63")
         return tokens.astype(np.int64)
@@ -155,7 +155,7 @@ def _check_ids(tokens: np.ndarray, offsets: np.ndarray, where, name: str = "inpu
         bad = tokens < 0 if allowed is None else (tokens < 0) & (tokens != allowed)
         if bad.any():
             pos = int(np.flatnonzero(bad)[0])
-            row = int(np.searchsorted(offsets, pos, side="right") - 1)
+            row = int(segment_of(offsets, pos))
             legal = "" if allowed is None else f" (the only negative value allowed is {allowed})"
             raise InputError(f"{where(row)}: {name}[{pos - int(offsets[row])}] is a negative id "
                              f"{int(tokens[pos])}{legal}")
@@ -165,7 +165,7 @@ def _check_ids(tokens: np.ndarray, offsets: np.ndarray, where, name: str = "inpu
 def _first_null(values, offsets: np.ndarray) -> tuple[int, int]:
     """(row, position in the row) of the first null among a list column's values."""
     pos = int(np.flatnonzero(values.is_null().to_numpy(zero_copy_only=False))[0])
-    row = int(np.searchsorted(offsets, pos, side="right") - 1)
+    row = int(segment_of(offsets, pos))
     return row, pos - int(offsets[row])
 
 
@@ -329,12 +329,12 @@ class _RowReader:
         if values:
             self.detect_value(values[0], where_row(0))
         if self.mode == "tokens":
-            arrays = [_as_token_array(v, where_row(j)) for j, v in enumerate(values)]
+            arrays = [as_token_array(v, where_row(j)) for j, v in enumerate(values)]
             tokens, offsets = _flat(arrays, np.int64)
             _check_ids(tokens, offsets, where_row)
             lab = None
             if labels is not None:
-                larr = [_as_token_array(v, where_row(j), "labels") for j, v in enumerate(labels)]
+                larr = [as_token_array(v, where_row(j), "labels") for j, v in enumerate(labels)]
                 for j, (a, b) in enumerate(zip(arrays, larr)):
                     if a.size != b.size:
                         raise InputError(f"{where_row(j)}: labels has {b.size} entries but input_ids "
@@ -389,7 +389,7 @@ class _NullInList(Exception):
     """A null element inside a list column (position in the flat values)."""
 
     def __init__(self, pos: int, offsets: np.ndarray):
-        self.row = int(np.searchsorted(offsets, pos, side="right") - 1)
+        self.row = int(segment_of(offsets, pos))
         self.index = pos - int(offsets[self.row])
 
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from seqpack.errors import InputError
+from seqpack.labels import IGNORE_INDEX
 
 
 __all__ = ["TextEncoder", "load_tokenizer", "encode_chat", "split_points"]
 
-IGNORE_INDEX = -100  # the label value losses skip (seqpack.batch.IGNORE_INDEX)
 _EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "[SEP]")
 
 

@@ -19,7 +19,7 @@ Notable:
   (>= 4.53), so the document labels must be read before the model's forward. The hook
   is the only place seqpack touches a model; no transformers function is replaced.
 - ``use_cache`` left at its default (None) is turned off for packed batches: with a cache
-  transformers silently skips the document mask (REFERENCE.md section 4). A cache the
+  transformers silently skips the document mask. A cache the
   caller asked for explicitly is refused instead (`PackingError`), as are a 0/1 mask
   that lost its document labels, layers that mix tokens outside attention that seqpack
   does not make document-aware (`seqpack.integrations.hf_hybrid` does so for the Mamba,
@@ -66,7 +66,7 @@ import sys
 
 import torch
 
-from seqpack.batch import IGNORE_INDEX, PackedBatch
+from seqpack.batch import PackedBatch
 from seqpack.boundaries import DocBoundaries
 from seqpack.integrations import hf_check
 from seqpack.integrations.hf_check import check_isolation
@@ -74,6 +74,7 @@ from seqpack.integrations.hf_collator import DataCollatorForPacking, packed_mode
 from seqpack.integrations.hf_loss import (
     disable_fused_loss, enable_fused_loss, fused_causal_lm_loss, is_fused_loss_enabled,
 )
+from seqpack.labels import IGNORE_INDEX
 
 __all__ = [
     "PackingError", "enable_packing", "disable_packing", "is_packing_enabled", "configure_packing",
@@ -725,8 +726,7 @@ def _boundaries_for(query: torch.Tensor, kwargs) -> DocBoundaries:
     pos = kwargs.get("position_ids")
     if pos is not None and pos.shape[-1] == L:
         return DocBoundaries.from_position_ids(pos.reshape(-1, L).expand(B, -1), max_seqlen=L)
-    cu = torch.arange(B + 1, device=query.device, dtype=torch.int32) * L
-    return DocBoundaries(cu, (B, L), max_seqlen=L, validate=False)
+    return DocBoundaries.causal_rows((B, L), query.device)
 
 
 class _LayerPlan:
@@ -774,11 +774,7 @@ def _document_mask(b: DocBoundaries, causal: bool, window: int | None, chunk: in
     """bool ``(B, 1, L, L)``: query may see key (same document, causal, in the window and chunk,
     positions counted from the document's start)."""
     B, L = b.shape if len(b.shape) == 2 else (1, b.numel)
-    cu = b.cu_seqlens.to(torch.long)
-    idx = torch.arange(B * L, device=cu.device)
-    seg = torch.searchsorted(cu, idx, right=True) - 1
-    pos = (idx - cu[seg]).view(B, L)
-    seg = seg.view(B, L)
+    seg, pos = b.doc_ids().view(B, L), b.position_ids().view(B, L)
     ok = seg[:, :, None] == seg[:, None, :]
     gap = pos[:, :, None] - pos[:, None, :]
     if causal:

@@ -141,7 +141,7 @@ def check_isolation(model: torch.nn.Module, *, forms: Iterable[str] | None = Non
     dtype = _compute_dtype(model, device)
     limit = isolation_tolerance(dtype) if tol is None else float(tol)
     vocab = int(config.get_text_config().vocab_size if hasattr(config, "get_text_config") else config.vocab_size)
-    docs, batch = make_rows(PROBE_LENGTHS, PROBE_ROWS, min(vocab, 1000), row_len=PROBE_ROW_LEN, seed=seed,
+    docs, batch = make_rows(PROBE_LENGTHS, PROBE_ROWS, min(vocab, 1000), capacity=PROBE_ROW_LEN, seed=seed,
                             device=device)
 
     modes = [(m, m.training) for m in model.modules()]

@@ -36,14 +36,16 @@ Notable:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 
-from seqpack.batch import IGNORE_INDEX, PackedBatch, collate_packed
+from seqpack.batch import PackedBatch, collate_packed
 from seqpack.errors import InputError
+from seqpack.labels import IGNORE_INDEX
+from seqpack.plan import PackPlan
 
 __all__ = ["DataCollatorForPacking", "packed_model_inputs", "FORMATS"]
 
@@ -69,23 +71,6 @@ def packed_model_inputs(batch: PackedBatch, *, format: str = "flash") -> dict[st
         out["max_length_q"] = out["max_length_k"] = b.max_seqlen
     elif format == "attention_mask":
         out["attention_mask"] = as_row(b.attention_mask())
-    return out
-
-
-class _Bins(NamedTuple):
-    """The part of a `PackPlan` that `collate_packed` reads: pieces grouped by bin (row)."""
-
-    doc: np.ndarray
-    start: np.ndarray
-    stop: np.ndarray
-    bin_offsets: np.ndarray
-    num_bins: int
-    capacity: int
-
-
-def _offsets(counts) -> np.ndarray:
-    out = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=out[1:])
     return out
 
 
@@ -286,14 +271,14 @@ class DataCollatorForPacking:
             L = -(-L // m) * m
         return L
 
-    def _plan(self, lengths: np.ndarray) -> _Bins:
+    def _plan(self, lengths: np.ndarray) -> PackPlan:
         from seqpack.plan import plan_packing
         plan = plan_packing(lengths, int(self.max_length), strategy=self.strategy, overflow=self.overflow)
         used = plan.bin_lengths()
         L = self._row_length(int(used.max()) if used.size else 1)
-        return _Bins(plan.doc, plan.start, plan.stop, plan.bin_offsets, plan.num_bins, L)
+        return replace(plan, capacity=L)  # rows as long as the fullest one (or fixed_length)
 
-    def _rows_as_given(self, lengths, row_of_doc, num_rows) -> _Bins:
+    def _rows_as_given(self, lengths, row_of_doc, num_rows) -> PackPlan:
         used = np.bincount(row_of_doc, weights=lengths, minlength=num_rows).astype(np.int64)
         longest = int(used.max()) if used.size else 1
         if self.max_length is not None and longest > self.max_length:
@@ -303,7 +288,6 @@ class DataCollatorForPacking:
                                  f"max_length, or let the collator pack (pack=True, overflow='split')")
             longest = self.max_length
         cap = self._row_length(longest)
-        doc = np.arange(lengths.size, dtype=np.int64)
         stop = np.minimum(lengths, cap)  # only a lone over-long example is cut (overflow='truncate')
         counts = np.bincount(row_of_doc, minlength=num_rows)
-        return _Bins(doc, np.zeros_like(doc), stop, _offsets(counts), num_rows, cap)
+        return PackPlan.from_rows(stop, counts, cap, doc=np.arange(lengths.size), doc_lengths=lengths)

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import torch
 
+from seqpack.labels import IGNORE_INDEX
+
 __all__ = ["fused_causal_lm_loss", "enable_fused_loss", "disable_fused_loss", "is_fused_loss_enabled"]
 
-IGNORE_INDEX = -100
 _compiled = None
 
 

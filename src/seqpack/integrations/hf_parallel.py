@@ -12,7 +12,7 @@ Notable:
   document on every rank; labels are shifted over the whole buffer before cutting, so the
   last token of a piece keeps its target (the first token of the next piece).
 - Compute the loss outside the model (the model's own loss would shift inside the piece and
-  average over it): ``packed_cross_entropy(logits, labels, reduction="sum", shifted=True)``,
+  average over it): ``packed_cross_entropy(logits, labels, reduction="sum", label_shift="collator")``,
   then `seqpack.parallel.token_mean_loss` and `seqpack.parallel.all_reduce_grads` (or DDP /
   FSDP over all ranks with the loss times the world size).
 - `seqpack.hf.enable_packing` is not needed: the kwargs carry the documents (the

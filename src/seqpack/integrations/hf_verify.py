@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from seqpack.batch import collate_packed
-from seqpack.integrations.hf_collator import _Bins, _offsets, packed_model_inputs
+from seqpack.integrations.hf_collator import packed_model_inputs
+from seqpack.plan import PackPlan
 
 __all__ = ["compare_packed", "tiny_config", "load_model", "verify", "FORMS", "Result"]
 
@@ -202,20 +203,25 @@ def load_model(spec: str, *, attn_implementation: str = "eager", dtype=torch.flo
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
 
 
-def make_rows(lengths, rows, vocab_size: int, *, row_len: int | None = None, seed: int = 0, device="cpu"):
+def make_rows(lengths, rows, vocab_size: int, *, capacity: int | None = None, seed: int = 0, device="cpu",
+              row_len: int | None = None):
     """Random documents of these lengths packed as ``rows`` (lists of document indices).
 
     Returns ``(docs, batch)``: the documents as 1D LongTensors and the `PackedBatch`
-    (HF label convention, padding to ``row_len`` or the longest row).
+    (HF label convention, padding to ``capacity`` or the longest row; ``row_len`` is its
+    deprecated name).
     """
+    from seqpack.errors import renamed_keyword
+
+    capacity = renamed_keyword(capacity, row_len, "row_len", "capacity", "make_rows")
     g = torch.Generator().manual_seed(seed)
     docs = [torch.randint(3, vocab_size, (int(n),), generator=g) for n in lengths]
     order = np.asarray([d for row in rows for d in row], dtype=np.int64)
     lens = np.asarray(lengths, dtype=np.int64)[order]
     used = [sum(int(lengths[d]) for d in row) for row in rows]
-    L = max(used) if row_len is None else int(row_len)
-    bins = _Bins(order, np.zeros_like(order), lens, _offsets([len(r) for r in rows]), len(rows), L)
-    batch = collate_packed(bins, [{"input_ids": d.numpy()} for d in docs], layout="rows", label_shift="model")
+    L = max(used) if capacity is None else int(capacity)
+    plan = PackPlan.from_rows(lens, [len(r) for r in rows], L, doc=order, doc_lengths=lengths)
+    batch = collate_packed(plan, [{"input_ids": d.numpy()} for d in docs], layout="rows", label_shift="model")
     return [d.to(device) for d in docs], batch.to(device)
 
 
@@ -356,7 +362,7 @@ def verify(spec: str, *, attn_implementations=None, forms=("collator", "int_mask
         # flex_attention has no backward on CPU (torch 2.13): forward only there.
         backward = not (impl == "flex_attention" and not str(device).startswith("cuda"))
         model.requires_grad_(backward)
-        docs, batch = make_rows(lengths, rows, vocab, row_len=max(sum(lengths[d] for d in r) for r in rows) + 2,
+        docs, batch = make_rows(lengths, rows, vocab, capacity=max(sum(lengths[d] for d in r) for r in rows) + 2,
                                 seed=seed, device=device)
         for with_seqpack in ([True, False] if baseline else [True]):
             if with_seqpack:

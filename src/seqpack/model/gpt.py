@@ -11,7 +11,7 @@ Notable:
   document, so both give the same function; "doc" keeps the angles small (bf16-friendly).
   The cos/sin are computed from the position ids in the forward (a few elementwise ops
   that compile into the graph), so there is no table whose size could be outgrown.
-- Plain causal rows (`causal_rows`, the default with ``boundaries=None``): one segment
+- Plain causal rows (`DocBoundaries.causal_rows`, the default with ``boundaries=None``): one segment
   per row, still through `varlen_attention`. That is the padded baseline (one document
   per row; a real token never sees the padding after it) and the naive-packing baseline
   (documents see each other: wrong but fast).
@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from seqpack.boundaries import DocBoundaries
 from seqpack.parallel import CPContext, attention_for
 
-__all__ = ["GPTConfig", "GPT", "PRESETS", "gpt_config", "causal_rows", "prepare_context", "rope_norm"]
+__all__ = ["GPTConfig", "GPT", "PRESETS", "gpt_config", "prepare_context", "rope_norm"]
 
 
 @dataclass
@@ -106,8 +106,8 @@ class GPTConfig:
         return asdict(self)
 
 
-# Presets: tiny (tests, CPU demo) .. 304M (REFERENCE.md section 3: 16 layers, d=1024,
-# 8 heads of 128, vocab 50304, untied head).
+# Presets: tiny (tests, CPU demo) .. 304M (the benchmark model of docs/bench/train.md:
+# 16 layers, d=1024, 8 heads of 128, vocab 50304, untied head).
 PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=64),
     "mini": dict(n_layer=4, n_head=4, n_embd=128),
@@ -203,19 +203,6 @@ def rope_norm(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, normalize: 
     return _RopeNorm.apply(x, cos, sin, bool(normalize))
 
 
-def causal_rows(shape, device=None) -> DocBoundaries:
-    """Boundaries with one segment per row: plain causal attention over whole rows.
-
-    The padded baseline (one document per row; a real token never sees the padding after
-    it) and the naive-packing baseline (documents see each other: wrong but fast) both
-    attend this way. Built with tensor ops only, so it also traces under torch.compile.
-    """
-    B, L = (1, shape[0]) if len(shape) == 1 else shape
-    cu = torch.arange(B + 1, device=device, dtype=torch.int32) * L
-    return DocBoundaries(cu, tuple(shape), is_pad=torch.zeros(B, dtype=torch.bool, device=device),
-                         max_seqlen=L, validate=False)
-
-
 # ----------------------------------------------------------------------------------------
 
 
@@ -290,7 +277,7 @@ class GPT(nn.Module):
             None: return logits.
         boundaries: the batch's `DocBoundaries` (static ones for ``torch.compile``), or a
             context from `prepare_context` (once per batch, shared by all layers);
-            None = plain causal rows (`causal_rows`); or a `seqpack.parallel.CPContext`
+            None = plain causal rows (`DocBoundaries.causal_rows`); or a `seqpack.parallel.CPContext`
             (context parallel: ``input_ids``, ``labels``, ``position_ids`` are this rank's shard).
         position_ids: per-document positions (``PackedBatch.position_ids``); derived from
             the boundaries when omitted. Ignored with ``positions="buffer"``.
@@ -330,9 +317,10 @@ class GPT(nn.Module):
 
     def configure(self, **changes) -> None:
         """Change per-call options in place (``attn_backend``, ``loss_chunk``, ``qk_norm``,
-        ``fused_rope_norm``, ``fused_qkv``, ``residual``, ``positions``): the benchmark
-        switches them between configurations without rebuilding the model. A compiled
-        model guards on them, so the next call compiles again for the new values."""
+        ``fused_rope_norm``, ``fused_qkv``, ``residual``, ``positions``), keeping the
+        weights: e.g. compare attention backends on one model. Options that shape the
+        weights (layers, widths) cannot change and raise ValueError. A compiled model guards
+        on these options, so the next call compiles again for the new values."""
         allowed = ("attn_backend", "loss_chunk", "qk_norm", "fused_rope_norm", "fused_qkv", "residual", "positions")
         for k, v in changes.items():
             if k not in allowed:
@@ -347,7 +335,7 @@ class GPT(nn.Module):
         return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
     def num_params(self) -> int:
-        """Parameters, a tied embedding counted once (REFERENCE's MFU uses all of them)."""
+        """Parameters, a tied embedding counted once (MFU counts all of them)."""
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ forward
@@ -355,7 +343,7 @@ class GPT(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                 boundaries=None, position_ids: torch.Tensor | None = None):
         cfg = self.config
-        ctx = boundaries if boundaries is not None else causal_rows(tuple(input_ids.shape), input_ids.device)
+        ctx = boundaries if boundaries is not None else DocBoundaries.causal_rows(tuple(input_ids.shape), input_ids.device)
         cp = isinstance(ctx, CPContext)  # context parallel: input_ids is this rank's shard of ctx's buffer
         if cfg.positions == "buffer":
             L = input_ids.shape[-1]
@@ -388,7 +376,7 @@ class GPT(nn.Module):
         from seqpack.loss import packed_cross_entropy
 
         logits = F.linear(h, self.head_weight)  # bf16 under autocast; upcast inside the loss
-        return packed_cross_entropy(logits, targets, reduction="sum", shifted=True)
+        return packed_cross_entropy(logits, targets, reduction="sum", label_shift="collator")
 
     def compile_loss(self, **compile_kw) -> None:
         """Compile the head + loss on its own (regional compilation, with ``Block.compile``)."""

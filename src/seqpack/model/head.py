@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import torch
 
+from seqpack.labels import IGNORE_INDEX
+
 __all__ = ["linear_cross_entropy"]
 
-IGNORE_INDEX = -100
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -69,7 +70,7 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
         chunk_size: tokens per chunk; float32 logits of ``chunk_size x V`` are alive at once.
 
     Returns ``(loss_sum, num_label_tokens)``, as ``packed_cross_entropy(..., reduction="sum",
-    shifted=True)`` on the full logits, with the same gradients.
+    label_shift="collator")`` on the full logits, with the same gradients.
     """
     if h.dim() != 2 or targets.shape != h.shape[:1]:
         raise ValueError(f"h must be (N, C) and targets (N,); got {tuple(h.shape)} and {tuple(targets.shape)}")

@@ -35,7 +35,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from seqpack.train.trainer import Trainer, load_documents
+    from seqpack.data.load import load_documents
+    from seqpack.train.trainer import Trainer
 
     cfg = config_from_args(args)
     docs = vocab = plan = None

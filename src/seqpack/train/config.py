@@ -1,9 +1,11 @@
 """The training configuration: one dataclass, every field a ``seqpack train`` flag.
 
 Notable:
+- Each option is defined once, by `opt`: default, help, choices and range; the command
+  line and `TrainConfig.validate` read them from the field.
 - Model fields left at None take the preset's value (`seqpack.model.PRESETS`).
 - ``rows_per_step x capacity`` is the number of token slots per optimiser step over all
-  ranks (32K for the REFERENCE benchmark: 8 rows of 4,096).
+  ranks (e.g. 32K: 8 rows of 4,096).
 - ``"auto"`` values resolve at start-up: device (cuda if available), dtype (bf16 autocast
   on GPU, float32 on CPU), compile (whole model on GPU, off on CPU), dist (from torchrun's
   environment).
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from seqpack.errors import InputError
@@ -23,66 +25,99 @@ __all__ = ["TrainConfig", "add_config_arguments", "config_from_args", "parse_ind
            "uses_cudagraphs"]
 
 
+def opt(default, help: str = "", *, choices: tuple | None = None, ge=None, gt=None, le=None, lt=None):
+    """A `TrainConfig` field and everything about it in one place: the default, the
+    ``--flag`` help, the allowed choices and the allowed range (``ge``/``gt`` lowest,
+    ``le``/``lt`` highest). ``validate`` and the command line both read them."""
+    return field(default=default, metadata={"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
 @dataclass
 class TrainConfig:
+    """Every option of ``seqpack train``; each field is one ``--flag`` (see `opt`)."""
+
     # model
-    preset: str = "tiny"
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_kv_head: int | None = None
-    n_embd: int | None = None
-    window: int | None = None
-    window_pattern: str | None = None
-    tie_embeddings: bool | None = None
-    positions: str = "doc"
-    attn_backend: str = "auto"
-    loss_chunk: int = 0
-    fused_rope_norm: bool | None = None  # throughput options of the model (GPTConfig); None = its default
-    fused_qkv: bool | None = None
-    residual: str | None = None
+    preset: str = opt("tiny", 'model size: tiny, mini, small, 124M, 304M')
+    n_layer: int | None = opt(None, "transformer blocks (None: the preset's)", ge=1)
+    n_head: int | None = opt(None, "attention heads (None: the preset's)", ge=1)
+    n_kv_head: int | None = opt(None, "key/value heads, GQA (None: the preset's)", ge=1)
+    n_embd: int | None = opt(None, "model width (None: the preset's)", ge=1)
+    window: int | None = opt(None, "sliding attention window in tokens for windowed layers (None: the preset's)", ge=1)
+    window_pattern: str | None = opt(None, "layers with the window, tiled: G global, S sliding, e.g. SSSG "
+                                           "(None: the preset's)")
+    tie_embeddings: bool | None = opt(None, "share the input embedding with the output head (None: the preset's)")
+    positions: str = opt("doc", 'doc: RoPE positions restart per document; buffer: run over the row/buffer',
+                         choices=('doc', 'buffer'))
+    attn_backend: str = opt("auto", 'varlen_attention backend for packed mode: auto, fa4, fa3, fa2, torch_varlen, '
+                                    'flex, sdpa_dense, sdpa_njt, eager (seqpack.attention.BACKENDS)')
+    loss_chunk: int = opt(0, 'tokens per chunk of the fused head+cross-entropy (0: plain logits)', ge=0)
+    fused_rope_norm: bool | None = opt(None, 'RoPE + QK norm as one autograd function (same function; less memory '
+                                             'traffic)')
+    fused_qkv: bool | None = opt(None, 'q, k, v from one matmul over the concatenated weights (same parameters)')
+    residual: str | None = opt(None, 'residual stream under autocast: fp32 (default) or autocast (bf16: less traffic,'
+                                     ' numerics change)', choices=('fp32', 'autocast'))
     # data
-    data: str = "chitchat"           # "chitchat", a Parquet file/folder from `seqpack pack`, or "hf:NAME"
-    max_docs: int | None = None      # use only the first documents of the corpus
-    capacity: int = 1024             # tokens per row
-    rows_per_step: int = 8           # rows per optimiser step, all ranks together
-    rows_per_micro: int | None = None  # rows per micro-batch per rank (packed/naive); None = all
-    loader: str = "offline"          # offline: plan the corpus once; online: the data stage's stream packer
-    mode: str = "packed"             # packed | naive | padded
-    layout: str = "auto"             # packed mode: 1d buffer, rows, or auto (1d on GPU, rows on CPU)
-    pad_batch: int = 8               # padded mode: documents per micro-batch
-    pad_multiple: int | None = None  # padded mode: pad to longest rounded to this; 0 = power of two; None = auto
-    max_num_docs: int | None = None  # packed mode: static cu_seqlens size; None = from the plan
-    strategy: str = "bfd"
-    seed: int = 0
+    data: str = opt("chitchat", 'chitchat (bundled), a Parquet path from `seqpack pack`, or hf:NAME[:SPLIT[:COLUMN]]')
+    max_docs: int | None = opt(None, 'use only the first N documents of the corpus (a corpus cut; not a per-row '
+                                     'limit: rows hold as many pieces as fit, and --max-num-docs sizes cu_seqlens)',
+                                 ge=1)
+    capacity: int = opt(1024, 'tokens per packed row', ge=1)
+    rows_per_step: int = opt(8, 'rows per optimiser step over all ranks (tokens per step = rows x capacity)', ge=1)
+    rows_per_micro: int | None = opt(None, 'rows per micro-batch per rank (packed/naive); None = all', ge=1)
+    loader: str = opt("offline", 'offline: plan the whole corpus once (global best fit); online: pack while reading '
+                                 '(seqpack.data.online, rank-balanced attention work)', choices=('offline', 'online'))
+    mode: str = opt("packed", 'packed (block-diagonal), naive (packed rows, cross-document attention), padded (one '
+                              'doc per row)', choices=('packed', 'naive', 'padded'))
+    layout: str = opt("auto", 'packed mode: 1d buffer (varlen style) or rows; auto = 1d on GPU, rows on CPU (where '
+                              'the dense-mask backend pays for the band a 1D buffer needs)',
+                      choices=('auto', '1d', 'rows'))
+    pad_batch: int = opt(8, 'padded mode: documents per micro-batch', ge=1)
+    pad_multiple: int | None = opt(None, 'padded mode: pad each micro-batch to its longest document rounded up to '
+                                         'this multiple; 0 = power-of-two buckets (few shapes); default: 0 when '
+                                         'compiled, 8 eager', ge=0)
+    max_num_docs: int | None = opt(None, "packed mode: fixed number of segments (pieces and padding runs) in each "
+                                         "micro-batch's cu_seqlens, for static shapes; None = from the plan", ge=1)
+    strategy: str = opt("bfd", "offline loader: the planner's strategy (seqpack.plan_packing)",
+                        choices=('bfd', 'ffd', 'nextfit', 'wrapped'))
+    seed: int = opt(0, "seed of the weights, the plan's bin order and the epoch shuffles", ge=0)
     # optimisation
-    steps: int = 200
-    lr: float = 3e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    steps: int = opt(200, 'optimiser steps in total', ge=1)
+    lr: float = opt(3e-3, 'peak learning rate (AdamW)', gt=0)
+    min_lr_frac: float = opt(0.1, 'the cosine decay ends at this fraction of --lr', ge=0, le=1)
+    warmup_steps: int = opt(20, 'linear warm-up steps', ge=0)
+    weight_decay: float = opt(0.1, 'AdamW weight decay (matrices only)', ge=0)
+    beta1: float = opt(0.9, 'AdamW beta1', ge=0, lt=1)
+    beta2: float = opt(0.95, 'AdamW beta2', ge=0, lt=1)
+    grad_clip: float = opt(1.0, 'clip the gradient norm to this (0: no clipping)', ge=0)
     # system
-    device: str = "auto"
-    dtype: str = "auto"              # auto | bf16 | fp32 (bf16 = autocast, parameters stay fp32)
-    compile: str = "auto"            # auto | none | model | blocks
-    compile_backend: str = "inductor"  # torch.compile backend (tests use aot_eager: same graphs, no codegen)
-    compile_mode: str | None = None  # torch.compile mode (inductor), e.g. max-autotune-no-cudagraphs
-    inductor: str | None = None      # inductor options "key=value,key=value" (torch._inductor.config names)
-    dist: str = "auto"               # auto | none | ddp | fsdp
-    cp: int = 1                      # context parallel size: each micro-batch's tokens split over cp ranks
-    ddp_bucket_mb: int = 25          # DDP gradient bucket size (MiB); torch's default is 25
-    ddp_split_graphs: bool = False   # dynamo's DDPOptimizer (torch's default: on); off measured faster
-    threads: int | None = None       # CPU threads (torch.set_num_threads)
+    device: str = opt("auto", 'auto (cuda if available), cpu, cuda, cuda:N')
+    dtype: str = opt("auto", 'auto | bf16 | fp32 (bf16 = autocast, parameters stay fp32)',
+                     choices=('auto', 'bf16', 'fp32'))
+    compile: str = opt("auto", 'torch.compile(fullgraph=True, dynamic=False) of the whole model, of each block, or '
+                               'none', choices=('auto', 'none', 'model', 'blocks'))
+    compile_backend: str = opt("inductor", 'torch.compile backend (tests use aot_eager: same graphs, no codegen)')
+    compile_mode: str | None = opt(None, 'torch.compile mode for inductor (default, reduce-overhead = CUDA graphs, '
+                                         'max-autotune-no-cudagraphs, ...)')
+    inductor: str | None = opt(None, 'inductor options, comma-separated key=value (e.g. coordinate_descent_tuning=1)')
+    dist: str = opt("auto", 'distributed: none, ddp or fsdp (FSDP2); auto = ddp under torchrun',
+                    choices=('auto', 'none', 'ddp', 'fsdp'))
+    cp: int = opt(1, "context parallel size: each micro-batch's tokens are split over this many ranks (Ulysses "
+                     "attention over the whole batch, exact); the other ranks are data parallel (world = dp x cp); "
+                     "needs torchrun", ge=1)
+    ddp_bucket_mb: int = opt(25, 'DDP gradient bucket size in MiB (all-reduce granularity)', ge=1)
+    ddp_split_graphs: bool = opt(False, "DDP + torch.compile: split compiled graphs at gradient-bucket boundaries so "
+                                        "all-reduce starts inside a block's backward (dynamo's optimize_ddp, torch's "
+                                        "default); false (seqpack's default) keeps each compiled block whole: 97%% "
+                                        "DDP scaling instead of 90%% on 2 H200s (docs/bench/train.md)")
+    threads: int | None = opt(None, 'CPU threads (torch.set_num_threads)', ge=1)
     # output
-    out: str = "seqpack-out/train"
-    ckpt_every: int = 0              # 0: only at the end
-    resume: str | None = None        # a checkpoint path, or "auto" = latest in out/
-    log_every: int = 10
-    progress: bool = True
-    peak_tflops: float | None = None
-    save: bool = True                # write a checkpoint at the end
+    out: str = opt("seqpack-out/train", 'output directory (log, checkpoints)')
+    ckpt_every: int = opt(0, 'save a checkpoint every N steps (0: only at the end)', ge=0)
+    resume: str | None = opt(None, "checkpoint file to resume from, or 'auto' for the latest in --out")
+    log_every: int = opt(10, 'log every N steps', ge=1)
+    progress: bool = opt(True, 'show a progress bar')
+    peak_tflops: float | None = opt(None, 'peak TFLOP/s of one device for MFU (default: known GPUs, none on CPU)', gt=0)
+    save: bool = opt(True, 'write a checkpoint at the end')
 
     def model_overrides(self) -> dict:
         keys = ("n_layer", "n_head", "n_kv_head", "n_embd", "window", "window_pattern", "tie_embeddings",
@@ -99,9 +134,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            if f.name in _CHOICES and value not in _CHOICES[f.name]:
-                raise InputError(f"{f.name} must be one of {', '.join(_CHOICES[f.name])}; got {value!r}")
-            why = _out_of_range(f.name, value)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise InputError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+            why = _out_of_range(f, value)
             if why:
                 raise InputError(f"{f.name} {why}")
         return self
@@ -111,66 +147,15 @@ class TrainConfig:
         return Path(self.out)
 
 
-_HELP = {
-    "preset": "model size: tiny, mini, small, 124M, 304M",
-    "positions": "doc: RoPE positions restart per document; buffer: run over the row/buffer",
-    "attn_backend": "varlen_attention backend for packed mode (auto, flash, varlen, flex, sdpa_dense, ...)",
-    "loss_chunk": "tokens per chunk of the fused head+cross-entropy (0: plain logits)",
-    "fused_rope_norm": "RoPE + QK norm as one autograd function (same function; less memory traffic)",
-    "fused_qkv": "q, k, v from one matmul over the concatenated weights (same parameters)",
-    "residual": "residual stream under autocast: fp32 (default) or autocast (bf16: less traffic, numerics change)",
-    "data": "chitchat (bundled), a Parquet path from `seqpack pack`, or hf:NAME[:SPLIT[:COLUMN]]",
-    "capacity": "tokens per packed row",
-    "rows_per_step": "rows per optimiser step over all ranks (tokens per step = rows x capacity)",
-    "loader": "offline: plan the whole corpus once (global best fit); online: pack while reading "
-              "(seqpack.data.online, rank-balanced attention work)",
-    "mode": "packed (block-diagonal), naive (packed rows, cross-document attention), padded (one doc per row)",
-    "layout": "packed mode: 1d buffer (varlen style) or rows; auto = 1d on GPU, rows on CPU (where the dense-mask "
-              "backend pays for the band a 1D buffer needs)",
-    "pad_batch": "padded mode: documents per micro-batch",
-    "pad_multiple": "padded mode: pad each micro-batch to its longest document rounded up to this multiple; "
-                    "0 = power-of-two buckets (few shapes); default: 0 when compiled, 8 eager",
-    "max_num_docs": "packed mode: fixed number of segments in cu_seqlens (static shapes)",
-    "compile": "torch.compile(fullgraph=True, dynamic=False) of the whole model, of each block, or none",
-    "compile_mode": "torch.compile mode for inductor (default, reduce-overhead = CUDA graphs, "
-                    "max-autotune-no-cudagraphs, ...)",
-    "inductor": "inductor options, comma-separated key=value (e.g. coordinate_descent_tuning=1)",
-    "dist": "distributed: none, ddp or fsdp (FSDP2); auto = ddp under torchrun",
-    "cp": "context parallel size: each micro-batch's tokens are split over this many ranks (Ulysses attention over "
-          "the whole batch, exact); the other ranks are data parallel (world = dp x cp); needs torchrun",
-    "ddp_bucket_mb": "DDP gradient bucket size in MiB (all-reduce granularity)",
-    "ddp_split_graphs": "DDP + torch.compile: split compiled graphs at gradient-bucket boundaries so all-reduce "
-                        "starts inside a block's backward (dynamo's optimize_ddp, torch's default); false (seqpack's default) "
-                        "keeps each compiled block whole: 97%% DDP scaling instead of 90%% on 2 H200s "
-                        "(docs/bench/train.md)",
-    "resume": "checkpoint file to resume from, or 'auto' for the latest in --out",
-    "ckpt_every": "save a checkpoint every N steps (0: only at the end)",
-    "peak_tflops": "peak TFLOP/s of one device for MFU (default: known GPUs, none on CPU)",
-}
 
-_CHOICES = {"loader": ("offline", "online"), "mode": ("packed", "naive", "padded"), "residual": ("fp32", "autocast"),
-            "layout": ("auto", "1d", "rows"), "positions": ("doc", "buffer"),
-            "compile": ("auto", "none", "model", "blocks"), "dist": ("auto", "none", "ddp", "fsdp"),
-            "dtype": ("auto", "bf16", "fp32"), "strategy": ("bfd", "ffd", "nextfit", "wrapped")}
-
-
-# allowed ranges: (lowest, highest, whether each bound itself is allowed); None = unbounded
-_RANGES = {
-    **{k: (1, None, True, True) for k in ("n_layer", "n_head", "n_kv_head", "n_embd", "window", "max_docs", "capacity",
-                                     "rows_per_step", "rows_per_micro", "max_num_docs", "pad_batch", "steps",
-                                     "log_every", "threads", "ddp_bucket_mb", "cp")},
-    **{k: (0, None, True, True) for k in ("loss_chunk", "warmup_steps", "ckpt_every", "pad_multiple", "seed",
-                                     "weight_decay", "grad_clip")},
-    "lr": (0, None, False, True), "peak_tflops": (0, None, False, True), "min_lr_frac": (0, 1, True, True),
-    "beta1": (0, 1, True, False), "beta2": (0, 1, True, False),
-}
-
-
-def _out_of_range(name: str, value) -> str | None:
-    """Why ``value`` is impossible for field ``name`` ("must be >= 1, got 0"), or None."""
-    if name not in _RANGES or isinstance(value, bool):
+def _out_of_range(f: dataclasses.Field, value) -> str | None:
+    """Why ``value`` is impossible for field ``f`` ("must be >= 1, got 0"), or None."""
+    m = f.metadata
+    low_in, high_in = m.get("ge") is not None, m.get("le") is not None
+    low = m.get("ge") if low_in else m.get("gt")
+    high = m.get("le") if high_in else m.get("lt")
+    if low is None or isinstance(value, bool):  # every range here has a lower bound
         return None
-    low, high, low_in, high_in = _RANGES[name]
     if isinstance(value, float) and not math.isfinite(value):
         return f"must be a finite number, got {value}"
     below = value < low if low_in else value <= low
@@ -183,12 +168,12 @@ def _out_of_range(name: str, value) -> str | None:
     return None
 
 
-def _checked(typ, name: str):
+def _checked(typ, f: dataclasses.Field):
     """An argparse ``type=`` that converts and then applies the field's range rule, so an
     impossible value is refused while parsing, naming the flag."""
     def convert(text: str):
         value = typ(text)
-        why = _out_of_range(name, value)
+        why = _out_of_range(f, value)
         if why:
             raise argparse.ArgumentTypeError(why)
         return value
@@ -220,9 +205,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig 
             typ = float
         else:
             typ = str
-        help_ = _HELP.get(f.name, "")
-        parser.add_argument(flag, dest=f.name, type=_checked(typ, f.name), default=default, choices=_CHOICES.get(f.name),
-                            metavar=None if f.name in _CHOICES else f.name.upper(),
+        help_, choices = f.metadata.get("help", ""), f.metadata.get("choices")
+        parser.add_argument(flag, dest=f.name, type=_checked(typ, f), default=default, choices=choices,
+                            metavar=None if choices else f.name.upper(),
                             help=f"{help_} (default: {default})".strip())
 
 

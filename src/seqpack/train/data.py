@@ -33,49 +33,30 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from seqpack.batch import IGNORE_INDEX, Documents, collate_packed
+from seqpack.batch import Documents, PackedBatch, collate_packed
 from seqpack.boundaries import DocBoundaries
 from seqpack.errors import InputError
-from seqpack.model.gpt import causal_rows
+from seqpack.labels import IGNORE_INDEX
 
-__all__ = ["MicroBatch", "StepBatch", "PackedLoader", "OnlineLoader", "MODES", "bucket_length", "pad_pieces",
+__all__ = ["StepBatch", "PackedLoader", "OnlineLoader", "MODES", "bucket_length", "pad_pieces",
            "baseline_micro", "compact_vocab"]
 
 MODES = ("packed", "naive", "padded")
 
 
-@dataclass
-class MicroBatch:
-    """What one forward/backward sees: tokens, next-token labels, the boundaries the
-    attention honours (`causal_rows` for the naive and padded baselines) and positions
-    (None: derived from the boundaries)."""
-
-    input_ids: torch.Tensor
-    labels: torch.Tensor
-    boundaries: DocBoundaries | None = None
-    position_ids: torch.Tensor | None = None
-
-    def to(self, device, non_blocking: bool = False) -> "MicroBatch":
-        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        b = None if self.boundaries is None else self.boundaries.to(device, non_blocking)
-        return MicroBatch(mv(self.input_ids), mv(self.labels), b, mv(self.position_ids))
-
-    def pin_memory(self) -> "MicroBatch":
-        """Page-locked copies: a copy to the GPU from pageable memory first waits for the GPU
-        to finish everything queued (a stream sync per step); from pinned memory it does not."""
-        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        b = self.boundaries
-        if b is not None:
-            b = DocBoundaries(b.cu_seqlens.pin_memory(), b.shape, is_pad=b.is_pad.pin_memory(),
-                              max_seqlen=b.max_seqlen, validate=False)
-        return MicroBatch(pin(self.input_ids), pin(self.labels), b, pin(self.position_ids))
+def _rows_batch(input_ids: torch.Tensor, labels: torch.Tensor) -> PackedBatch:
+    """Rows attended as plain causal rows (`DocBoundaries.causal_rows`): the naive and
+    padded baselines. Labels are next-token targets."""
+    b = DocBoundaries.causal_rows(tuple(input_ids.shape))
+    return PackedBatch(input_ids, labels, b.position_ids(), b, label_shift="collator")
 
 
 @dataclass
 class StepBatch:
-    """One optimiser step's data on this rank."""
+    """One optimiser step's data on this rank: its micro-batches (each what one
+    forward/backward sees, next-token labels) and the counts the trainer logs."""
 
-    micro: list[MicroBatch]
+    micro: list[PackedBatch]
     useful_tokens: int          # real (non-padding) tokens
     label_tokens: int           # tokens that carry a loss
     slots: int                  # token positions computed, padding included
@@ -121,7 +102,7 @@ def pad_pieces(rows_ids: torch.Tensor, rows_labels: torch.Tensor, b: DocBoundari
         y = torch.full((pad_batch, L), IGNORE_INDEX, dtype=labels.dtype)
         for r, (s, e) in enumerate(group):
             x[r, :e - s], y[r, :e - s] = ids[s:e], labels[s:e]
-        micro.append(MicroBatch(x, y, causal_rows((pad_batch, L))))
+        micro.append(_rows_batch(x, y))
         slots += pad_batch * L
     return micro, slots
 
@@ -256,7 +237,7 @@ class PackedLoader:
         return StepBatch(micro=micro, useful_tokens=int(lens.sum()), label_tokens=label_tokens, slots=slots,
                          docs=int(counts.sum()), rows=int(bins.size), piece_lengths=piece_lengths)
 
-    def _packed(self, bins: np.ndarray) -> MicroBatch:
+    def _packed(self, bins: np.ndarray) -> PackedBatch:
         batch = collate_packed(self.plan, self.docs, bins, layout=self.layout, label_shift="collator")
         b = batch.boundaries
         if b.num_segments > self.max_num_docs:
@@ -267,16 +248,15 @@ class PackedLoader:
                           f"growing it to {new} (one recompile); pass a larger max_num_docs to avoid this",
                           stacklevel=3)
             self.max_num_docs, self.grown = new, self.grown + 1
-        return MicroBatch(batch.input_ids, batch.labels, b.static(self.max_num_docs, self.capacity),
-                          batch.position_ids)
+        batch.boundaries = b.static(self.max_num_docs, self.capacity)
+        return batch
 
 
 def baseline_micro(rows, mode: str, *, pad_batch: int, capacity: int, pad_multiple: int = 0):
     """The naive or padded micro-batches of a rows `PackedBatch` (next-token labels):
     ``(micro_batches, slots)``."""
     if mode == "naive":
-        return [MicroBatch(rows.input_ids, rows.labels, causal_rows(tuple(rows.input_ids.shape)))], \
-            rows.input_ids.numel()
+        return [_rows_batch(rows.input_ids, rows.labels)], rows.input_ids.numel()
     return pad_pieces(rows.input_ids, rows.labels, rows.boundaries, pad_batch=pad_batch, capacity=capacity,
                       pad_multiple=pad_multiple)
 
@@ -351,7 +331,7 @@ class OnlineLoader:
             docs += real.size
             rows += self.rows_per_micro
             if self.mode == "packed":
-                micro.append(MicroBatch(batch.input_ids, batch.labels, b, batch.position_ids))
+                micro.append(batch)
                 slots += batch.input_ids.numel()
             else:
                 mbs, s = baseline_micro(batch, self.mode, pad_batch=self.pad_batch, capacity=self.capacity,

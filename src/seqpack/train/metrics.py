@@ -3,8 +3,8 @@
 MFU = (6 x params x useful_tokens + causal attention FLOPs) / seconds / peak FLOP/s
 
 - ``useful_tokens``: real document tokens; padding and the cross-document attention of
-  naive packing are work done but not counted (REFERENCE.md section 3).
-- ``params``: every parameter (a tied embedding once), as in REFERENCE.md.
+  naive packing are work done but not counted.
+- ``params``: every parameter (a tied embedding once), embeddings included.
 - causal attention FLOPs of a training step, per layer and per document of n tokens:
   forward QK^T and PV cost 2 x 2 x H x D FLOPs per visible (query, key) pair, and a
   causal query at position p sees min(p + 1, window) keys; backward costs twice the

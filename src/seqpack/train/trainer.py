@@ -32,14 +32,15 @@ import torch
 
 from seqpack.attention.base import BackendUnavailable
 from seqpack.errors import InputError
+from seqpack.labels import IGNORE_INDEX
 from seqpack.model import GPT, gpt_config
 from seqpack.model.gpt import prepare_context
 from seqpack.train.config import TrainConfig, compile_kwargs, uses_cudagraphs
-from seqpack.train.data import MicroBatch, OnlineLoader, PackedLoader, StepBatch
+from seqpack.train.data import OnlineLoader, PackedLoader, StepBatch
 from seqpack.train.dist import all_reduce_sum, init_distributed
 from seqpack.train.metrics import peak_flops, step_flops
 
-__all__ = ["Trainer", "load_documents", "lr_at"]
+__all__ = ["Trainer", "lr_at"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -53,125 +54,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     span = max(cfg.steps - cfg.warmup_steps, 1)
     t = min((step - cfg.warmup_steps) / span, 1.0)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def load_documents(spec: str, max_docs: int | None = None):
-    """``(Documents, vocab_size, plan)`` for a data spec.
-
-    - ``"chitchat"``: the bundled corpus (plan None: the loader plans it).
-    - a `seqpack pack` output (Parquet file or directory with seqpack metadata): its rows
-      as stored; every stored piece becomes a document and ``plan`` puts them back in
-      their rows, so training sees exactly the packed rows (see `load_packed_rows`).
-    - anything else `seqpack.data.sources.open_source` reads (Parquet/JSONL of documents,
-      ``hf:NAME[:SPLIT]`` for a Hugging Face dataset): documents, plan None.
-    """
-    from seqpack.batch import Documents
-
-    if spec == "chitchat":
-        from seqpack.data.corpus import VOCAB_SIZE, load_chitchat
-
-        return load_chitchat(max_docs), VOCAB_SIZE, None
-    if not spec.startswith("hf:") and Path(spec).exists():
-        try:
-            from seqpack.data.pack import packed_metadata
-
-            packed_metadata(spec)
-        except (ValueError, OSError, KeyError):
-            pass
-        else:
-            return load_packed_rows(spec)
-    from seqpack.data.sources import open_source
-
-    source = spec
-    if spec.startswith("hf:"):
-        try:
-            import datasets
-        except ImportError:
-            raise InputError(f"--data {spec}: Hugging Face datasets need the `datasets` package "
-                             f"(pip install datasets)") from None
-
-        name, *rest = spec[3:].split(":")
-        source = datasets.load_dataset(name, split=rest[0] if rest else "train")
-    toks, offs, labs, n = [], [np.zeros(1, np.int64)], [], 0
-    has_labels = False
-    for chunk in _read_chunks(open_source, source, spec):
-        toks.append(np.asarray(chunk.tokens, dtype=np.int64))
-        labs.append(None if chunk.labels is None else np.asarray(chunk.labels, dtype=np.int64))
-        has_labels |= chunk.labels is not None
-        offs.append(np.asarray(chunk.offsets[1:], dtype=np.int64) + n)
-        n += int(chunk.offsets[-1])
-        if max_docs is not None and sum(len(o) for o in offs) - 1 >= max_docs:
-            break
-    tokens = np.concatenate(toks) if toks else np.zeros(0, np.int64)
-    offsets = np.concatenate(offs)
-    labels = None
-    if has_labels:
-        labels = np.concatenate([t if lab is None else lab for t, lab in zip(toks, labs)])
-    docs = Documents(tokens, offsets, labels)
-    if max_docs is not None and len(docs) > max_docs:
-        end = int(offsets[max_docs])
-        docs = Documents(tokens[:end], offsets[:max_docs + 1], None if labels is None else labels[:end])
-    vocab = int(tokens.max()) + 1 if tokens.size else 1
-    return docs, vocab, None
-
-
-def _read_chunks(open_source, source, spec):
-    """The source's chunks; its errors (which name the file, row and column) become
-    `InputError`s, so the command line prints them as one line."""
-    try:
-        yield from open_source(source).chunks()
-    except InputError:
-        raise
-    except ValueError as e:
-        raise InputError(f"--data {spec}: {e}") from None
-
-
-def load_packed_rows(path):
-    """A `seqpack pack` output as ``(Documents, vocab_size, PackPlan)``: piece k of the
-    file is document k, and the plan's bin r holds row r's pieces in their stored order.
-
-    Labels are kept: stored next-token labels (``label_shift="collator"``) are moved one
-    place right so that the trainer's collation reads them back, at the cost of the target
-    of a split piece's last token (the first token of the next piece), which becomes -100.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from seqpack.batch import IGNORE_INDEX, Documents
-    from seqpack.data.pack import packed_files, packed_metadata
-    from seqpack.plan import PackPlan
-
-    meta = packed_metadata(path)
-    cap = int(meta["capacity"])
-    table = pa.concat_tables([pq.read_table(f, columns=["input_ids", "labels", "doc_lengths"])
-                              for f in packed_files(path)]).combine_chunks()
-
-    def flat(name):
-        col = table.column(name).chunk(0) if table.column(name).num_chunks else pa.array([], pa.list_(pa.int32()))
-        return np.asarray(col.values), np.asarray(col.offsets, dtype=np.int64)
-
-    tokens, _ = flat("input_ids")
-    labels, _ = flat("labels")
-    lens, row_off = flat("doc_lengths")
-    lens = lens.astype(np.int64)
-    offsets = np.zeros(lens.size + 1, np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    labels = labels.astype(np.int64)
-    if meta.get("label_shift", "model") == "collator":
-        shifted = np.empty_like(labels)
-        shifted[1:] = labels[:-1]
-        shifted[offsets[:-1]] = IGNORE_INDEX
-        labels = shifted
-    docs = Documents(tokens.astype(np.int64), offsets, labels)
-    counts = np.diff(row_off)
-    P = lens.size
-    plan = PackPlan(doc=np.arange(P, dtype=np.int64), start=np.zeros(P, np.int64), stop=lens,
-                    bin=np.repeat(np.arange(counts.size, dtype=np.int64), counts), bin_offsets=row_off,
-                    num_bins=int(counts.size), capacity=cap, num_docs=P,
-                    strategy=f"{meta.get('strategy', '?')} (stored)", placed_tokens=int(lens.sum()),
-                    doc_lengths=lens)
-    vocab = int(tokens.max()) + 1 if tokens.size else 1
-    return docs, vocab, plan
 
 
 def pad_vocab(vocab_size: int, multiple: int = 64) -> int:
@@ -207,6 +89,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if docs is None:
+            from seqpack.data.load import load_documents
+
             docs, vocab_size, stored = load_documents(cfg.data, cfg.max_docs)
             plan = stored if stored is not None else plan
         if plan is not None and plan.capacity != cfg.capacity:
@@ -218,11 +102,11 @@ class Trainer:
                                            **cfg.model_overrides())
         except (ValueError, TypeError) as e:  # GPTConfig checks its fields (head sizes, patterns)
             raise InputError(f"model options: {e}") from None
-        from seqpack.attention import BACKENDS
+        from seqpack.attention import BACKEND_ALIASES, BACKENDS
 
-        if cfg.attn_backend != "auto" and cfg.attn_backend not in BACKENDS:
+        if cfg.attn_backend != "auto" and cfg.attn_backend not in BACKENDS and cfg.attn_backend not in BACKEND_ALIASES:
             raise InputError(f"--attn-backend {cfg.attn_backend!r} is not a backend; known: "
-                             f"{', '.join(BACKENDS)} or auto")
+                             f"{', '.join(BACKENDS)}, {', '.join(BACKEND_ALIASES)} or auto")
         torch.manual_seed(cfg.seed)  # same initial weights on every rank
         self.model = GPT(self.model_config).to(self.device)
         self.num_params = self.model.num_params()
@@ -318,9 +202,10 @@ class Trainer:
 
     def recompile(self, **changes) -> None:
         """Compile again with changed compile settings (``compile``, ``compile_mode``,
-        ``inductor``): drops every compiled graph (``torch._dynamo.reset``) and the
-        per-block wrappers, then wraps the same model and optimizer anew. Single process
-        only (the benchmark's sweep)."""
+        ``inductor``), keeping the weights and the optimizer: e.g. compare compile modes on
+        one model. Drops every compiled graph (``torch._dynamo.reset``) and the per-block
+        compiled calls ``nn.Module.compile`` installed (it has no public undo), then wraps
+        the model anew. Single process only: DDP and FSDP wrap a model once."""
         if self.dist.enabled:
             raise RuntimeError("recompile is for single-process runs (DDP/FSDP wrap the model once)")
         self.cfg = self.cfg.replace(**changes)
@@ -368,16 +253,17 @@ class Trainer:
         inputs = []
         for mb in batch.micro:
             if self.cp is not None:  # this rank's piece of the micro-batch; the boundaries stay whole
-                s = self.cp.shard(mb.input_ids, mb.labels, mb.position_ids, mb.boundaries)
-                mb = MicroBatch(s.input_ids, s.labels, s.boundaries, s.position_ids)
-            if cuda:
-                mb = mb.pin_memory()
-            ctx = prepare_context(mb.boundaries, self.model_config, dev)  # once for all layers
+                mb = self.cp.shard_batch(mb)
+            ids, labels, pos, bounds = mb.input_ids, mb.labels, mb.position_ids, mb.boundaries
+            if cuda:  # from pageable memory a copy to the GPU first waits for all queued work
+                ids, labels, pos = ids.pin_memory(), labels.pin_memory(), pos.pin_memory()
+                bounds = bounds.pin_memory()
+            ctx = prepare_context(bounds, self.model_config, dev)  # once for all layers
             if self.cp is not None:
                 ctx = self.cp.context(ctx)
-            mv = lambda t: None if t is None else t.to(dev, non_blocking=True)  # noqa: E731
-            inputs.append((mv(mb.input_ids), mv(mb.labels), ctx, mv(mb.position_ids)))
-        count = sum((labels != -100).sum() for _, labels, _, _ in inputs).to(torch.float32)
+            mv = lambda t: t.to(dev, non_blocking=True)  # noqa: E731
+            inputs.append((mv(ids), mv(labels), ctx, mv(pos)))
+        count = sum((labels != IGNORE_INDEX).sum() for _, labels, _, _ in inputs).to(torch.float32)
         all_reduce_sum(count, self.dist)
         scale = self.dist.world / count.clamp(min=1)  # DDP/FSDP average over ranks: undo it
         loss_sum = torch.zeros((), device=dev)

@@ -190,7 +190,7 @@ DQ_CONFIGS = [(64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 8, 2), (32, 32, 4, 3)]
 def doc_tables(cu_seqlens: torch.Tensor, n: int):
     """Per-token segment id, start and end (int32), from ``cu_seqlens``; no host sync."""
     cu = cu_seqlens.to(torch.int64)
-    doc = torch.searchsorted(cu, torch.arange(n, device=cu.device), right=True) - 1  # see base.segment_ids
+    doc = torch.searchsorted(cu, torch.arange(n, device=cu.device), right=True) - 1  # as DocBoundaries.doc_ids
     return doc.to(torch.int32), cu[doc].to(torch.int32), cu[doc + 1].to(torch.int32)
 
 

@@ -1,6 +1,6 @@
 """``seqpack bench train``: a whole training step, padded vs naive vs packed per backend.
 
-REFERENCE.md section 3 on one GPU: the 304M GPT (16 layers, d=1024, 8 heads of 128, vocab
+The benchmark setup on one GPU: the 304M GPT (16 layers, d=1024, 8 heads of 128, vocab
 50304), 32K tokens per step (8 rows of 4,096), bf16 autocast, torch.compile, fused AdamW,
 document lengths log-normal (sigma 0.8) around a median of 400 ("sft": ~56 documents per
 step) and 150 ("short": ~160), random token ids. Every configuration trains on the same
@@ -80,7 +80,7 @@ import torch
 __all__ = ["DISTRIBUTIONS", "synthetic_documents", "add_arguments", "run", "categorize_kernel", "jit_counters",
            "Bench", "profile_config"]
 
-# REFERENCE.md section 3: SFT-like median ~400 tokens, short ~150; log-normal, sigma 0.8
+# document length medians: SFT-like ~400 tokens, short ~150; log-normal, sigma 0.8
 # (as `seqpack bench attention`).
 DISTRIBUTIONS = {"sft": 400, "short": 150}
 SIGMA = 0.8
@@ -925,7 +925,7 @@ def run(args) -> int:
         results = run_configs(bench, log)
         if args.compare_loss_chunk and args.loss_chunk != args.compare_loss_chunk:
             _compare_loss_chunk(bench, results, log)
-        log("\nbars (issue 6):")
+        log("\nbars:")
         verdict = summarize(results, log)
         prof = None
         if args.profile and bench.elapsed() < args.budget_s + 60:

@@ -1,6 +1,6 @@
 """Compile and model variants of one training configuration, timed side by side (the MFU sweep).
 
-One model, one optimizer, one set of precollated steps (REFERENCE.md section 3's 304M GPT,
+One model, one optimizer, one set of precollated steps (the 304M GPT of docs/bench/train.md,
 32K tokens per step, the "sft" distribution, packed, flash_attn.cute or auto when FA4 is
 missing). Each variant recompiles (``torch._dynamo.reset`` first, so inductor options take
 effect) and is timed as `seqpack bench train` times a configuration: warm-up until steady,
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from seqpack.train import bench as B
+from seqpack.bench import train as B
 
 __all__ = ["DEFAULT_VARIANTS", "parse_variant", "add_arguments", "run"]
 
