@@ -183,6 +183,10 @@ def test_ddp_benchmark_on_two_gloo_processes(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.join(ROOT, "src"))
     env.pop("NCCL_NVLS_ENABLE", None)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    if r.returncode != 0 and "terminate called without an active exception" in r.stderr:
+        # Seen once in CI (a rank aborted by a C++ thread teardown while both cores were busy with
+        # the other xdist worker's process groups); not reproduced in isolation. One more run, same checks.
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "DDP scaling on 2 processes" in r.stdout and "NCCL_NVLS_ENABLE=0" in r.stdout
     assert "bucket 1 MiB, compiled graphs split at buckets: yes" in r.stdout
